@@ -1,0 +1,348 @@
+"""Command-line and config-file arguments: one dataclass field per flag, documented by its `help=`.
+
+The flag names follow the seed recipe (Chinese-LLaMA-Alpaca's `run_clm_pt_with_peft.py`) and transformers'
+`run_clm.py`, so a user's existing command works; flags that transformers 5 removed or renamed keep
+working as deprecated aliases. `parse_args()` accepts a YAML/JSON config file as the first argument,
+with later flags overriding it.
+"""
+
+import difflib
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass, field, fields
+from typing import Optional
+
+import torch
+import yaml
+from transformers import HfArgumentParser, TrainingArguments
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TRAINABLE = "q_proj,v_proj,k_proj,o_proj,gate_proj,down_proj,up_proj"
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+# Deprecated spelling -> the flag it stands for. Logged when used, never an error.
+DEPRECATED_FLAGS = {
+    "torch_dtype": "dtype",
+    "use_auth_token": "token",
+    "data_cache": "data_cache_dir",
+    "warmup_ratio": "warmup_steps",
+}
+
+
+class UserError(Exception):
+    """A mistake in the user's flags or data. pretrain.py prints it as one line and exits with code 2."""
+
+
+def split_list(value):
+    """'a, b,,c' -> ['a', 'b', 'c']; None -> []."""
+    return [part.strip() for part in (value or "").split(",") if part.strip()]
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: Optional[str] = field(
+        default=None,
+        metadata={"help": "Model folder or hub id to continue pretraining. Omit to train from --config_name/--model_type."},
+    )
+    tokenizer_name_or_path: Optional[str] = field(
+        default=None, metadata={"help": "Tokenizer folder or hub id (seed recipe name). Default: the model's."}
+    )
+    tokenizer_name: Optional[str] = field(
+        default=None, metadata={"help": "Same as --tokenizer_name_or_path (run_clm.py name)."}
+    )
+    config_name: Optional[str] = field(
+        default=None, metadata={"help": "Config folder or hub id, if not the model's."}
+    )
+    config_overrides: Optional[str] = field(
+        default=None,
+        metadata={"help": "Config values to override, e.g. 'n_embd=10,resid_pdrop=0.2'. Only with a fresh model "
+                  "(no --model_name_or_path)."},
+    )
+    model_type: Optional[str] = field(
+        default=None, metadata={"help": "Model type (e.g. llama) for a fresh model when no config is given."}
+    )
+    cache_dir: Optional[str] = field(
+        default=None, metadata={"help": "Where downloaded models and tokenizers are stored."}
+    )
+    use_fast_tokenizer: bool = field(
+        default=True, metadata={"help": "Use the fast (Rust) tokenizer. Off: the slow Python one."}
+    )
+    model_revision: str = field(
+        default="main", metadata={"help": "Model version on the hub: branch, tag or commit id."}
+    )
+    token: Optional[str] = field(
+        default=None, metadata={"help": "Hub token for private models. Default: the stored login, if any."}
+    )
+    use_auth_token: Optional[str] = field(
+        default=None,
+        metadata={"help": "Deprecated, use --token. 'True' means the stored login; any other value is the token."},
+    )
+    dtype: Optional[str] = field(
+        default=None,
+        metadata={"help": "dtype the weights are loaded in. 'auto': the checkpoint's. Default: float32. "
+                  "float16 needs a CUDA GPU.", "choices": DTYPES},
+    )
+    torch_dtype: Optional[str] = field(
+        default=None, metadata={"help": "Deprecated, use --dtype.", "choices": DTYPES}
+    )
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Run modeling code from the model's repo. Off: only transformers' own."}
+    )
+    gguf_file: Optional[str] = field(
+        default=None,
+        metadata={"help": "GGUF file name inside --model_name_or_path; it is de-quantized to a normal model."},
+    )
+    attn_implementation: Optional[str] = field(
+        default=None,
+        metadata={"help": "Attention kernel: sdpa (default), eager, flash_attention_2. Documents in a packed row "
+                  "never attend to each other with any of them."},
+    )
+
+    def __post_init__(self):
+        if self.use_auth_token is not None and self.token is None:
+            self.token = True if self.use_auth_token.lower() == "true" else (
+                None if self.use_auth_token.lower() == "false" else self.use_auth_token)
+        if self.torch_dtype is not None:
+            if self.dtype is not None and self.dtype != self.torch_dtype:
+                raise UserError(f"--torch_dtype {self.torch_dtype} and --dtype {self.dtype} disagree; "
+                                "give only --dtype")
+            self.dtype = self.torch_dtype
+        if self.dtype == "float16" and not torch.cuda.is_available():
+            raise UserError("--dtype float16 needs a CUDA GPU and there is none here; "
+                            "use --dtype bfloat16 or --dtype float32")
+        if self.config_overrides and self.model_name_or_path:
+            raise UserError("--config_overrides only applies to a fresh model; drop it or --model_name_or_path")
+        if self.tokenizer_name and self.tokenizer_name_or_path and self.tokenizer_name != self.tokenizer_name_or_path:
+            raise UserError("--tokenizer_name and --tokenizer_name_or_path disagree; give one of them")
+        self.tokenizer_name_or_path = self.tokenizer_name_or_path or self.tokenizer_name
+        if self.gguf_file and not self.model_name_or_path:
+            raise UserError("--gguf_file names a file inside --model_name_or_path; give --model_name_or_path too")
+
+
+@dataclass
+class DataArguments:
+    dataset_dir: Optional[str] = field(
+        default=None,
+        metadata={"help": "Folder of training files (.txt, .jsonl, .json, .csv, .parquet, save_to_disk folders), "
+                  "read recursively in sorted order, or one such file."},
+    )
+    dataset_name: Optional[str] = field(
+        default=None, metadata={"help": "A dataset for datasets.load_dataset (hub id or local dataset folder)."}
+    )
+    dataset_config_name: Optional[str] = field(
+        default=None, metadata={"help": "Configuration name of --dataset_name."}
+    )
+    train_file: Optional[str] = field(default=None, metadata={"help": "One training file."})
+    train_files: Optional[list[str]] = field(default=None, metadata={"help": "Several training files."})
+    validation_file: Optional[str] = field(
+        default=None,
+        metadata={"help": "Validation file. When given, nothing is split off the training data."},
+    )
+    text_column: Optional[str] = field(
+        default=None,
+        metadata={"help": "Field holding the text in .jsonl/.json/.csv/.parquet. Default: 'text', then 'content', "
+                  "then the file's only string field."},
+    )
+    block_size: Optional[int] = field(
+        default=None,
+        metadata={"help": "Tokens per training row. Default: min(1024, the model's context length)."},
+    )
+    max_train_samples: Optional[int] = field(
+        default=None, metadata={"help": "Use only the first N training rows (debugging, quick runs)."}
+    )
+    max_eval_samples: Optional[int] = field(
+        default=None, metadata={"help": "Use only the first N validation rows."}
+    )
+    streaming: bool = field(
+        default=False,
+        metadata={"help": "Read, tokenize and pack on the fly without materializing the corpus. Needs --max_steps."},
+    )
+    overwrite_cache: bool = field(
+        default=False, metadata={"help": "Prepare the data again even if a matching cache exists."}
+    )
+    validation_split_percentage: float = field(
+        default=5.0,
+        metadata={"help": "Percent of documents held out for validation (a percentage: 0.001 means 0.001%, "
+                  "at least one document when above 0; 0: none). Chosen by a hash of each document, so the "
+                  "same documents are held out whatever --seed is. Ignored with --validation_file."},
+    )
+    preprocessing_num_workers: Optional[int] = field(
+        default=None, metadata={"help": "Processes used for tokenization. Default: 1."}
+    )
+    keep_linebreaks: bool = field(
+        default=True,
+        metadata={"help": "Keep single line breaks inside .txt documents. Off: join a document's lines with spaces."},
+    )
+    data_cache_dir: Optional[str] = field(
+        default=None,
+        metadata={"help": "Where prepared (tokenized, packed) data is cached, keyed by a fingerprint of the input "
+                  "contents, tokenizer and options. Default: datasets' cache folder. --data_cache is an alias.",
+                  "aliases": ["--data_cache"]},
+    )
+
+    def __post_init__(self):
+        for flag in ("dataset_dir", "train_file", "validation_file"):
+            path = getattr(self, flag)
+            if path is not None and not os.path.exists(path):
+                raise UserError(f"--{flag} {path}: no such file or directory")
+        for path in self.train_files or []:
+            if not os.path.exists(path):
+                raise UserError(f"--train_files {path}: no such file or directory")
+        if not 0 <= self.validation_split_percentage < 100:
+            raise UserError(f"--validation_split_percentage {self.validation_split_percentage}: "
+                            "must be a percentage in [0, 100)")
+        if self.block_size is not None and self.block_size < 2:
+            raise UserError(f"--block_size {self.block_size}: must be at least 2 tokens")
+        for flag in ("max_train_samples", "max_eval_samples", "preprocessing_num_workers"):
+            value = getattr(self, flag)
+            if value is not None and value < 1:
+                raise UserError(f"--{flag} {value}: must be at least 1")
+
+    @property
+    def training_paths(self):
+        """Every training path given, in flag order."""
+        return [p for p in [self.dataset_dir, self.train_file, *(self.train_files or [])] if p]
+
+
+@dataclass
+class PretrainTrainingArguments(TrainingArguments):
+    trainable: str = field(
+        default=DEFAULT_TRAINABLE,
+        metadata={"help": "Comma-separated module names that get LoRA adapters (peft target_modules)."},
+    )
+    lora_rank: int = field(default=8, metadata={"help": "LoRA rank r."})
+    lora_alpha: float = field(default=32.0, metadata={"help": "LoRA alpha (the update is scaled by alpha/rank)."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input, 0 to 1."})
+    modules_to_save: Optional[str] = field(
+        default=None,
+        metadata={"help": "Comma-separated modules trained and saved in full beside LoRA, e.g. embed_tokens,lm_head "
+                  "(needed when the vocabulary grows). Tied embeddings stay tied."},
+    )
+    peft_path: Optional[str] = field(
+        default=None, metadata={"help": "LoRA adapter folder to continue training (instead of a new adapter)."}
+    )
+    full_finetuning: bool = field(
+        default=False, metadata={"help": "Train all weights and save a full model instead of a LoRA adapter."}
+    )
+    debug_mode: bool = field(
+        default=False,
+        metadata={"help": "Quick check of a setup: read at most 1000 documents and log the first training row "
+                  "decoded."},
+    )
+    warmup_ratio: Optional[float] = field(
+        default=None,
+        metadata={"help": "Deprecated, use --warmup_steps with a float in [0, 1). Fraction of steps spent warming up."},
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Start fresh even if output_dir holds checkpoints. Off: resume from the last one."},
+    )
+
+    def __post_init__(self):
+        if self.fp16 and not torch.cuda.is_available():
+            raise UserError("--fp16 needs a CUDA GPU and there is none here; use --bf16 (bfloat16 mixed precision) "
+                            "or drop it to train in fp32")
+        if self.warmup_ratio is not None:
+            if not 0 <= self.warmup_ratio < 1:
+                raise UserError(f"--warmup_ratio {self.warmup_ratio}: must be in [0, 1)")
+            if self.warmup_steps:
+                raise UserError("--warmup_ratio and --warmup_steps both given; keep one")
+            self.warmup_steps = self.warmup_ratio  # transformers 5 reads a float in [0, 1) as a ratio
+        if self.use_cache:
+            raise UserError("--use_cache True breaks document masking in packed rows (transformers skips the "
+                            "packed-sequence mask when a KV cache exists); drop it")
+        if not self.full_finetuning:
+            if self.lora_rank < 1:
+                raise UserError(f"--lora_rank {self.lora_rank}: must be at least 1 (or use --full_finetuning)")
+            if not split_list(self.trainable):
+                raise UserError("--trainable is empty; name the modules that get LoRA adapters, e.g. q_proj,v_proj")
+            if not 0 <= self.lora_dropout < 1:
+                raise UserError(f"--lora_dropout {self.lora_dropout}: must be in [0, 1)")
+        elif self.peft_path:
+            raise UserError("--peft_path continues a LoRA adapter; it cannot be combined with --full_finetuning")
+        if self.peft_path and not os.path.isfile(os.path.join(self.peft_path, "adapter_config.json")):
+            raise UserError(f"--peft_path {self.peft_path}: no adapter_config.json there; give a LoRA adapter folder")
+        super().__post_init__()
+
+
+DATACLASSES = (ModelArguments, DataArguments, PretrainTrainingArguments)
+
+
+class ArgumentParser(HfArgumentParser):
+    """HfArgumentParser whose errors are UserErrors (one line, exit 2) instead of argparse's usage dump."""
+
+    def error(self, message):
+        raise UserError(message)
+
+
+def config_file_to_flags(path):
+    """Turn a YAML/JSON config ({flag: value}) into command-line flags, so later flags can override it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f) if path.endswith(".json") else yaml.safe_load(f)
+    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        raise UserError(f"{path}: not a valid config file: {' '.join(str(e).split())}") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{path}: a config file must be a mapping of flag names to values")
+    flags = []
+    for key, value in config.items():
+        if value is None:
+            continue
+        flags.append(f"--{key}")
+        if isinstance(value, list) and key in {"train_files", "report_to"}:
+            flags.extend(str(v) for v in value)
+        elif isinstance(value, (dict, list)):
+            flags.append(json.dumps(value))
+        else:
+            flags.append(str(value))
+    return flags
+
+
+def unknown_flag_error(unknown, parser):
+    known = [a for action in parser._actions for a in action.option_strings]
+    flag = next((u for u in unknown if u.startswith("-")), unknown[0])
+    close = difflib.get_close_matches(flag, known, n=1)
+    hint = f"; did you mean {close[0]}?" if close else "; see README.md for the flag reference"
+    return UserError(f"unknown flag {flag}{hint}")
+
+
+def parse_args(argv=None):
+    """Parse flags (and an optional leading .yaml/.yml/.json config) into the three dataclasses."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0].endswith((".yaml", ".yml", ".json")) and not argv[0].startswith("-"):
+        if not os.path.isfile(argv[0]):
+            raise UserError(f"config file {argv[0]}: no such file")
+        argv = config_file_to_flags(argv[0]) + argv[1:]
+    parser = ArgumentParser(DATACLASSES)
+    namespace, unknown = parser.parse_known_args(argv)
+    if unknown:
+        raise unknown_flag_error(unknown, parser)
+    for flag, new in DEPRECATED_FLAGS.items():
+        if f"--{flag}" in argv:
+            logger.warning("--%s is deprecated; it still works and stands for --%s", flag, new)
+    values = vars(namespace)
+    try:
+        return tuple(cls(**{f.name: values.pop(f.name) for f in fields(cls) if f.init and f.name in values})
+                     for cls in DATACLASSES)
+    except ValueError as e:  # TrainingArguments' own checks of its flags
+        raise UserError(" ".join(str(e).split())) from None
+
+
+def flag_reference_markdown():
+    """The README's flag reference, generated from the dataclasses so it cannot drift."""
+    lines = []
+    own_training = {f.name for f in fields(PretrainTrainingArguments)} - {f.name for f in fields(TrainingArguments)}
+    for cls in DATACLASSES:
+        lines += [f"### {cls.__name__}", "", "| flag | default | meaning |", "| --- | --- | --- |"]
+        for f in fields(cls):
+            if cls is PretrainTrainingArguments and f.name not in own_training:
+                continue
+            default = f.default if f.default is not None else ""
+            choices = f" One of: {', '.join(f.metadata['choices'])}." if "choices" in f.metadata else ""
+            lines.append(f"| `--{f.name}` | `{default}` | {f.metadata.get('help', '')}{choices} |")
+        lines.append("")
+    lines.append("Every other `TrainingArguments` flag of transformers is accepted too (`--learning_rate`, "
+                 "`--per_device_train_batch_size`, `--gradient_accumulation_steps`, `--deepspeed`, ...).")
+    return "\n".join(lines) + "\n"

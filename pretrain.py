@@ -1,0 +1,245 @@
+"""Continued pretraining of a causal LM on raw text: parse -> tokenizer/model -> datasets -> trainer -> save.
+
+    torchrun --nproc_per_node 1 pretrain.py --model_name_or_path MODEL --dataset_dir DATA --output_dir OUT ...
+    python pretrain.py config.yaml --learning_rate 1e-4      # a config file first, flags override it
+
+User mistakes (bad flags, bad data) end with a one-line message and exit code 2, before the model loads.
+"""
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+
+import datasets
+import torch
+import transformers
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Trainer
+from transformers.trainer_utils import get_last_checkpoint
+
+from arguments import UserError, parse_args, split_list
+from data_utils import PackedCollator, prepare_datasets
+
+logger = logging.getLogger("pretrain")
+DEBUG_MAX_DOCUMENTS = 1000
+
+
+class PretrainTrainer(Trainer):
+    """The Trainer plus what continued pretraining needs: perplexity beside eval loss, tokens/s."""
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+        metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        loss = metrics.get(f"{metric_key_prefix}_loss")
+        if loss is not None:
+            metrics[f"{metric_key_prefix}_perplexity"] = math.exp(loss) if loss < 700 else float("inf")
+            self.log({f"{metric_key_prefix}_perplexity": metrics[f"{metric_key_prefix}_perplexity"]})
+        return metrics
+
+    def train(self, *args, **kwargs):
+        start = time.perf_counter()
+        result = super().train(*args, **kwargs)
+        tokens = self.state.num_input_tokens_seen
+        if tokens:
+            result.metrics["train_tokens"] = tokens
+            result.metrics["train_tokens_per_second"] = round(tokens / (time.perf_counter() - start), 2)
+        return result
+
+
+def setup_logging(training_args):
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
+                        handlers=[logging.StreamHandler(sys.stdout)])
+    level = training_args.get_process_log_level()
+    for log in (logger, logging.getLogger("data_utils"), logging.getLogger("arguments")):
+        log.setLevel(level)
+    datasets.utils.logging.set_verbosity(level)
+    transformers.utils.logging.set_verbosity(level)
+
+
+def hub_kwargs(model_args):
+    return {"cache_dir": model_args.cache_dir, "revision": model_args.model_revision, "token": model_args.token,
+            "trust_remote_code": model_args.trust_remote_code}
+
+
+def load_tokenizer(model_args):
+    path = model_args.tokenizer_name_or_path or model_args.model_name_or_path
+    if not path:
+        raise UserError("no tokenizer: give --tokenizer_name_or_path (or --model_name_or_path)")
+    gguf = model_args.gguf_file if path == model_args.model_name_or_path else None
+    tokenizer = AutoTokenizer.from_pretrained(path, use_fast=model_args.use_fast_tokenizer, gguf_file=gguf,
+                                              **hub_kwargs(model_args))
+    if tokenizer.pad_token is None:  # padding only fills the last, short row; its labels are -100
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_config(model_args):
+    if model_args.config_name or model_args.model_name_or_path:
+        config = AutoConfig.from_pretrained(model_args.config_name or model_args.model_name_or_path,
+                                            gguf_file=None if model_args.config_name else model_args.gguf_file,
+                                            **hub_kwargs(model_args))
+    elif model_args.model_type:
+        config = transformers.CONFIG_MAPPING[model_args.model_type]()
+    else:
+        raise UserError("no model: give --model_name_or_path, --config_name or --model_type")
+    if model_args.config_overrides:
+        try:
+            config.update_from_string(model_args.config_overrides)
+        except ValueError as e:
+            raise UserError(f"--config_overrides: {e}") from None
+    return config
+
+
+def model_context_length(config):
+    return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+
+
+def resolve_block_size(block_size, config):
+    context = model_context_length(config)
+    if block_size is None:
+        return min(1024, context or 1024)
+    if context and block_size > context:
+        raise UserError(f"--block_size {block_size} is larger than the model's context of {context} tokens; "
+                        f"use at most {context}")
+    return block_size
+
+
+def check_lora_modules(config, training_args):
+    """Every --trainable and --modules_to_save name must be a module of the model (checked on the meta device,
+    before any weight is loaded)."""
+    if training_args.full_finetuning or training_args.peft_path:
+        return
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules() if name}
+    linear = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules()
+                     if isinstance(m, torch.nn.Linear) and name})
+    for flag in ("trainable", "modules_to_save"):
+        missing = [m for m in split_list(getattr(training_args, flag)) if m not in names]
+        if missing:
+            raise UserError(f"--{flag}: the model has no module {', '.join(missing)}; its linear modules are "
+                            f"{', '.join(linear)}")
+
+
+def load_model(model_args, config, tokenizer):
+    dtype = model_args.dtype or "float32"
+    dtype = dtype if dtype == "auto" else getattr(torch, dtype)
+    if model_args.model_name_or_path:
+        model = AutoModelForCausalLM.from_pretrained(
+            model_args.model_name_or_path, config=config, gguf_file=model_args.gguf_file, dtype=dtype,
+            attn_implementation=model_args.attn_implementation, **hub_kwargs(model_args))
+    else:
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=model_args.trust_remote_code,
+                                                 attn_implementation=model_args.attn_implementation)
+    if model_args.gguf_file:  # de-quantized on load: a plain model from here on, saved as safetensors
+        model.config.quantization_config = None
+        del model.config.quantization_config
+        model.hf_quantizer, model.is_quantized = None, False
+    # A KV cache makes transformers skip the packed-sequence (document) mask: never build one in training.
+    model.config.use_cache = False
+    vocab = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > vocab:
+        logger.info("Tokenizer has %d tokens, model embeddings %d: resizing embeddings", len(tokenizer), vocab)
+        model.resize_token_embeddings(len(tokenizer))
+    return model
+
+
+def add_lora(model, training_args):
+    """Wrap the model with a new LoRA adapter, or the one in --peft_path, ready to train."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    if training_args.peft_path:
+        logger.info("Continuing the LoRA adapter in %s", training_args.peft_path)
+        return PeftModel.from_pretrained(model, training_args.peft_path, is_trainable=True)
+    modules_to_save = split_list(training_args.modules_to_save) or None
+    tied = bool(getattr(model.config, "tie_word_embeddings", False))
+    lora_config = LoraConfig(
+        task_type="CAUSAL_LM", target_modules=split_list(training_args.trainable), r=training_args.lora_rank,
+        lora_alpha=training_args.lora_alpha, lora_dropout=training_args.lora_dropout,
+        modules_to_save=modules_to_save, ensure_weight_tying=tied and modules_to_save is not None)
+    return get_peft_model(model, lora_config)
+
+
+def log_trainable(model):
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    logger.info("Trainable parameters: %s of %s (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
+
+
+def checkpoint_to_resume(training_args):
+    """The checkpoint to continue from: --resume_from_checkpoint, else output_dir's last one unless
+    --overwrite_output_dir. A finished run in output_dir is never overwritten silently."""
+    if training_args.resume_from_checkpoint or not training_args.do_train:
+        return training_args.resume_from_checkpoint
+    out = training_args.output_dir
+    if not os.path.isdir(out) or training_args.overwrite_output_dir:
+        return None
+    last = get_last_checkpoint(out)
+    if last is None and any(os.path.exists(os.path.join(out, f)) for f in ("adapter_config.json", "config.json")):
+        raise UserError(f"--output_dir {out} already holds a trained model; pass --overwrite_output_dir to "
+                        "replace it or choose another folder")
+    if last:
+        logger.info("Resuming from %s (pass --overwrite_output_dir to start fresh)", last)
+    return last
+
+
+def select_rows(dataset, limit):
+    return dataset.select(range(min(limit, len(dataset)))) if limit and dataset is not None else dataset
+
+
+def build_datasets(model_args, data_args, training_args, tokenizer, block_size):
+    max_documents = DEBUG_MAX_DOCUMENTS if training_args.debug_mode else None
+    with training_args.main_process_first(desc="preparing data"):  # rank 0 prepares; the others read its cache
+        prepared, stats = prepare_datasets(data_args, tokenizer, block_size, max_documents)
+    logger.info("Data: %s", json.dumps(stats))
+    train = select_rows(prepared["train"], data_args.max_train_samples)
+    validation = select_rows(prepared.get("validation"), data_args.max_eval_samples)
+    if training_args.do_eval and validation is None:
+        raise UserError("--do_eval needs validation data: set --validation_split_percentage above 0 or give "
+                        "--validation_file")
+    if training_args.debug_mode:
+        logger.info("First training row, decoded: %r", tokenizer.decode(train[0]["input_ids"]))
+    return train, validation
+
+
+def main(argv=None):
+    model_args, data_args, training_args = parse_args(argv)
+    setup_logging(training_args)
+    if training_args.label_names is None:  # PEFT-wrapped models hide `labels`; eval loss needs it named
+        training_args.label_names = ["labels"]
+    if training_args.include_num_input_tokens_seen == "no":
+        training_args.include_num_input_tokens_seen = "non_padding"
+    tokenizer = load_tokenizer(model_args)
+    config = load_config(model_args)
+    block_size = resolve_block_size(data_args.block_size, config)
+    check_lora_modules(config, training_args)
+    resume = checkpoint_to_resume(training_args)
+    train_dataset, eval_dataset = build_datasets(model_args, data_args, training_args, tokenizer, block_size)
+
+    model = load_model(model_args, config, tokenizer)
+    if not training_args.full_finetuning:
+        model = add_lora(model, training_args)
+    log_trainable(model)
+    trainer = PretrainTrainer(model=model, args=training_args, train_dataset=train_dataset,
+                              eval_dataset=eval_dataset, processing_class=tokenizer,
+                              data_collator=PackedCollator(pad_token_id=tokenizer.pad_token_id))
+    if training_args.do_train:
+        result = trainer.train(resume_from_checkpoint=resume)
+        trainer.save_model()  # adapter (with modules_to_save) or full model, plus the tokenizer
+        trainer.log_metrics("train", result.metrics)
+        trainer.save_metrics("train", result.metrics)
+        trainer.save_state()
+    if training_args.do_eval:
+        metrics = trainer.evaluate()
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
+    return trainer
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
