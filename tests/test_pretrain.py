@@ -1,0 +1,198 @@
+"""End-to-end runs on a tiny random Llama (seconds each): training, outputs other tools load, document masking
+on the training path, and user mistakes stopped before the model loads."""
+
+import json
+import os
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+import merge_lora
+import pretrain
+from arguments import UserError, parse_args
+from conftest import ROOT
+from data_utils import PackedCollator, pack_documents, tokenize_documents
+
+
+def run(model_dir, data_dir, out, *extra):
+    args = ["--model_name_or_path", model_dir, "--dataset_dir", data_dir, "--output_dir", str(out),
+            "--data_cache_dir", str(out) + "-cache", "--do_train", "--max_steps", "3", "--block_size", "32",
+            "--per_device_train_batch_size", "2", "--learning_rate", "1e-2", "--logging_steps", "1",
+            "--save_strategy", "no", "--report_to", "none", "--lora_dropout", "0", *extra]
+    return pretrain.main(args)
+
+
+def logits(model, ids):
+    model.eval()
+    with torch.no_grad():
+        return model(input_ids=torch.tensor([ids])).logits
+
+
+IDS = [5, 17, 42, 99, 3, 250, 7]
+
+
+@pytest.fixture(scope="module")
+def lora_run(tiny_model_dir, tmp_path_factory):
+    from conftest import TRAINING_TEXT
+
+    data = tmp_path_factory.mktemp("data")
+    (data / "docs.jsonl").write_text("\n".join(json.dumps({"text": f"{t} #{i}"}) for i, t in enumerate(TRAINING_TEXT)),
+                                     encoding="utf-8")
+    out = tmp_path_factory.mktemp("run") / "out"
+    trainer = run(tiny_model_dir, str(data), out, "--modules_to_save", "embed_tokens,lm_head", "--do_eval",
+                  "--validation_split_percentage", "10")
+    return trainer, str(out), str(data)
+
+
+def test_lora_run_writes_adapter_with_full_modules_to_save_and_tokenizer(lora_run, tiny_model_dir):
+    trainer, out, _ = lora_run
+    for name in ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "tokenizer_config.json"):
+        assert os.path.isfile(os.path.join(out, name)), name
+    weights = load_file(os.path.join(out, "adapter_model.safetensors"))
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    emb = weights["base_model.model.model.embed_tokens.weight"]
+    assert emb.shape == base.get_input_embeddings().weight.shape  # full size, not an empty ZeRO-3 shard
+    assert not torch.equal(emb, base.get_input_embeddings().weight)  # trained
+    assert torch.equal(weights["base_model.model.lm_head.weight"], emb)  # still tied
+    evaluation = trainer.state.log_history[-1]
+    assert evaluation["eval_perplexity"] == pytest.approx(torch.tensor(evaluation["eval_loss"]).exp().item(), rel=1e-4)
+    assert trainer.state.num_input_tokens_seen > 0
+
+
+def test_adapter_loads_with_no_key_mismatch_and_same_logits(lora_run, tiny_model_dir):
+    trainer, out, _ = lora_run
+    expected = logits(trainer.model, IDS)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loaded = PeftModel.from_pretrained(base, out)
+    assert not [str(w.message) for w in caught if "missing" in str(w.message).lower()
+                or "unexpected" in str(w.message).lower()]
+    torch.testing.assert_close(logits(loaded, IDS), expected, atol=1e-5, rtol=0)
+    inner = loaded.base_model.model
+    assert inner.lm_head.weight is inner.model.embed_tokens.weight  # tied through LoRA
+
+
+def test_merge_lora_gives_same_logits_and_keeps_tying(lora_run, tiny_model_dir, tmp_path):
+    trainer, out, _ = lora_run
+    expected = logits(PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), out), IDS)
+    assert merge_lora.main(["--base_model", tiny_model_dir, "--lora_model", out,
+                            "--output_dir", str(tmp_path / "merged")]) == 0
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    torch.testing.assert_close(logits(merged, IDS), expected, atol=1e-4, rtol=0)
+    assert merged.config.tie_word_embeddings
+    assert merged.lm_head.weight.data_ptr() == merged.model.embed_tokens.weight.data_ptr()
+    assert os.path.isfile(tmp_path / "merged" / "tokenizer.json")
+
+
+def test_peft_path_continues_the_adapter(lora_run, tiny_model_dir, tmp_path):
+    _, out, data = lora_run
+    # learning rate 0: the continued adapter must come back unchanged, so it really started from --peft_path
+    run(tiny_model_dir, data, tmp_path / "more", "--peft_path", out, "--max_steps", "1", "--learning_rate", "0")
+    before = load_file(os.path.join(out, "adapter_model.safetensors"))
+    after = load_file(tmp_path / "more" / "adapter_model.safetensors")
+    assert before.keys() == after.keys()
+    for key in before:
+        torch.testing.assert_close(after[key], before[key], atol=0, rtol=0)
+
+
+def test_full_finetuning_trains_all_weights_and_saves_a_full_model(tiny_model_dir, corpus_dir, tmp_path):
+    run(tiny_model_dir, corpus_dir, tmp_path / "full", "--full_finetuning")
+    out = tmp_path / "full"
+    assert (out / "model.safetensors").is_file() and not (out / "adapter_config.json").exists()
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    trained = AutoModelForCausalLM.from_pretrained(out)
+    changed = {n for n, p in trained.named_parameters() if not torch.equal(p, base.state_dict()[n])}
+    assert changed == {n for n, _ in trained.named_parameters()}
+    assert trained.lm_head.weight.data_ptr() == trained.model.embed_tokens.weight.data_ptr()
+
+
+def test_packed_document_loss_equals_its_loss_alone_on_the_training_path(tiny_model_dir, tiny_tokenizer, tmp_path):
+    """The PretrainTrainer's own compute_loss, in train mode, on a packed row vs the document alone."""
+    model_args, _, training_args = parse_args(["--model_name_or_path", tiny_model_dir, "--output_dir",
+                                               str(tmp_path), "--lora_dropout", "0", "--report_to", "none"])
+    model = pretrain.add_lora(pretrain.load_model(model_args, pretrain.load_config(model_args), tiny_tokenizer),
+                              training_args)
+    with torch.no_grad():  # non-zero LoRA B, so the adapter takes part in the forward pass
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    trainer = pretrain.PretrainTrainer(model=model, args=training_args, processing_class=tiny_tokenizer)
+    model.train()
+    a, b, c = tokenize_documents(["The quick brown fox.", "Tiếng Việt có dấu: người.", "def main(): x"],
+                                 tiny_tokenizer)
+    collate = PackedCollator(pad_token_id=tiny_tokenizer.pad_token_id or 0)
+    packed = collate([{k: v[0] for k, v in pack_documents([a, b, c], 256).items()}])
+    keep = torch.zeros_like(packed["labels"], dtype=torch.bool)
+    keep[0, len(a):len(a) + len(b)] = True
+    packed["labels"] = packed["labels"].masked_fill(~keep, -100)  # score document b only
+    alone = collate([{k: v[0] for k, v in pack_documents([b], 256).items()}])
+    loss_alone = trainer.compute_loss(model, alone)
+    torch.testing.assert_close(trainer.compute_loss(model, packed), loss_alone, atol=1e-4, rtol=0)
+
+    model.config.use_cache = True  # the trap: a KV cache in train mode drops the document mask
+    leaked = trainer.compute_loss(model, packed)
+    assert abs(leaked.item() - loss_alone.item()) > 1e-3
+
+
+# --- user mistakes: one line, exit 2, before the model loads, nothing in output_dir -----------------------------
+
+@pytest.fixture
+def no_model_loading(monkeypatch):
+    def fail(*a, **k):
+        raise AssertionError("the model was loaded before the mistake was reported")
+
+    monkeypatch.setattr(pretrain, "load_model", fail)
+
+
+def bad_input_cases(tmp_path, corpus_dir):
+    bad_json = tmp_path / "badjson"
+    bad_json.mkdir()
+    (bad_json / "x.jsonl").write_text('{"text": "ok"}\n{"text": \n', encoding="utf-8")
+    latin = tmp_path / "latin"
+    latin.mkdir()
+    (latin / "x.txt").write_bytes(b"caf\xe9")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "x.txt").write_text("\n\n", encoding="utf-8")
+    return {
+        "missing path": (["--dataset_dir", str(tmp_path / "nope")], "no such file or directory"),
+        "empty dataset": (["--dataset_dir", str(empty)], "no training documents with text"),
+        "json syntax": (["--dataset_dir", str(bad_json)], r"x.jsonl:2:10: invalid JSON"),
+        "text column": (["--dataset_dir", corpus_dir, "--text_column", "body"],
+                        r"no field 'body' \(--text_column\); fields are: content"),
+        "trainable": (["--dataset_dir", corpus_dir, "--trainable", "q_proj,c_attn"],
+                      "no module c_attn; its linear modules are down_proj, gate_proj, k_proj, lm_head"),
+        "block size": (["--dataset_dir", corpus_dir, "--block_size", "512"], "larger than the model's context of 256"),
+        "non-utf8": (["--dataset_dir", str(latin)], "not UTF-8 at byte offset 3"),
+        "unknown flag": (["--dataset_dir", corpus_dir, "--learnign_rate", "1"], "did you mean --learning_rate"),
+        "fp16 on cpu": (["--dataset_dir", corpus_dir, "--fp16"], "use --bf16"),
+    }
+
+
+@pytest.mark.parametrize("case", ["missing path", "empty dataset", "json syntax", "text column", "trainable",
+                                  "block size", "non-utf8", "unknown flag", "fp16 on cpu"])
+def test_bad_input_stops_before_the_model_loads(case, tiny_model_dir, corpus_dir, tmp_path, no_model_loading):
+    flags, message = bad_input_cases(tmp_path, corpus_dir)[case]
+    out = tmp_path / "out"
+    with pytest.raises(UserError, match=message):
+        pretrain.main(["--model_name_or_path", tiny_model_dir, "--output_dir", str(out), "--do_train",
+                       "--data_cache_dir", str(tmp_path / "cache"), *flags])
+    assert not out.exists()
+
+
+def test_bad_input_from_the_command_line_is_one_line_and_exit_2(tiny_model_dir, tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "pretrain.py"), "--model_name_or_path", tiny_model_dir,
+                           "--dataset_dir", str(tmp_path / "missing"), "--output_dir", str(out), "--do_train"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: --dataset_dir {tmp_path / 'missing'}: no such file or directory"]
+    assert "Traceback" not in proc.stderr and not out.exists()
