@@ -10,6 +10,7 @@ result under a fingerprint of the input contents, the tokenizer and the options.
 
 import csv
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -269,6 +270,23 @@ def tokenize_documents(texts, tokenizer):
     return [ids if ids and ids[-1] == eos else ids + [eos] for ids in encoded]
 
 
+def iter_packed_rows(token_lists, block_size):
+    """Lay documents end to end and cut rows of block_size tokens; one row at a time (see pack_documents)."""
+    ids, pos = [], []
+    for doc in token_lists:
+        start = 0
+        while start < len(doc):
+            take = doc[start:start + block_size - len(ids)]
+            ids += take
+            pos += range(len(take))
+            start += len(take)
+            if len(ids) == block_size:
+                yield {"input_ids": ids, "position_ids": pos}
+                ids, pos = [], []
+    if ids:
+        yield {"input_ids": ids, "position_ids": pos}
+
+
 def pack_documents(token_lists, block_size):
     """Pack documents' token lists into rows of block_size tokens, dropping nothing.
 
@@ -281,21 +299,9 @@ def pack_documents(token_lists, block_size):
      'position_ids': [[0, 1, 2, 0], [0, 0, 1, 2], [0, 1]]}
     """
     rows = {"input_ids": [], "position_ids": []}
-    ids, pos = [], []
-    for doc in token_lists:
-        start = 0
-        while start < len(doc):
-            take = doc[start:start + block_size - len(ids)]
-            ids += take
-            pos += range(len(take))
-            start += len(take)
-            if len(ids) == block_size:
-                rows["input_ids"].append(ids)
-                rows["position_ids"].append(pos)
-                ids, pos = [], []
-    if ids:
-        rows["input_ids"].append(ids)
-        rows["position_ids"].append(pos)
+    for row in iter_packed_rows(token_lists, block_size):
+        rows["input_ids"].append(row["input_ids"])
+        rows["position_ids"].append(row["position_ids"])
     return rows
 
 
@@ -333,6 +339,58 @@ class PackedCollator:
             batch["position_ids"].append(list(row["position_ids"]) + list(range(pad)))
             batch["labels"].append(labels_for_row(row["input_ids"], row["position_ids"]) + [IGNORE_INDEX] * pad)
         return {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}
+
+
+class StreamingRows(torch.utils.data.IterableDataset):
+    """Packed rows made on the fly from the files, for corpora larger than memory: documents are read,
+    cleaned, split, tokenized a batch at a time and packed as the Trainer asks for rows; nothing is cached.
+
+    The split is the same hash rule as prepare_datasets (without its at-least-one rule, which needs every
+    document first). Dataloader workers take every n-th document each, so no token is read twice.
+    """
+
+    def __init__(self, paths, data_args, tokenizer, block_size, held_out=None, limit=None, batch_documents=1000):
+        super().__init__()
+        self.paths, self.data_args, self.tokenizer, self.block_size = paths, data_args, tokenizer, block_size
+        self.held_out, self.limit, self.batch_documents = held_out, limit, batch_documents
+
+    def documents(self):
+        worker = torch.utils.data.get_worker_info()
+        shard, shards = (worker.id, worker.num_workers) if worker else (0, 1)
+        texts = (d for path in list_data_files(self.paths)
+                 for d in read_documents(path, self.data_args.text_column, self.data_args.keep_linebreaks))
+        threshold = self.data_args.validation_split_percentage / 100
+        for i, text in enumerate(clean_documents(texts, Counter())):
+            if i % shards == shard and (self.held_out is None or (document_hash_fraction(text) < threshold)
+                                        == self.held_out):
+                yield text
+
+    def token_lists(self):
+        batch = []
+        for text in self.documents():
+            batch.append(text)
+            if len(batch) == self.batch_documents:
+                yield from tokenize_documents(batch, self.tokenizer)
+                batch = []
+        yield from tokenize_documents(batch, self.tokenizer) if batch else ()
+
+    def __iter__(self):
+        return itertools.islice(iter_packed_rows(self.token_lists(), self.block_size), self.limit)
+
+
+def streaming_datasets(data_args, tokenizer, block_size):
+    """(train, validation) StreamingRows; validation is None when nothing is held out."""
+    train_paths = data_args.training_paths
+    if data_args.validation_file:
+        return (StreamingRows(train_paths, data_args, tokenizer, block_size, limit=data_args.max_train_samples),
+                StreamingRows([data_args.validation_file], data_args, tokenizer, block_size,
+                              limit=data_args.max_eval_samples))
+    split = data_args.validation_split_percentage > 0
+    train = StreamingRows(train_paths, data_args, tokenizer, block_size, held_out=False if split else None,
+                          limit=data_args.max_train_samples)
+    validation = StreamingRows(train_paths, data_args, tokenizer, block_size, held_out=True,
+                               limit=data_args.max_eval_samples) if split else None
+    return train, validation
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Traine
 from transformers.trainer_utils import get_last_checkpoint
 
 from arguments import UserError, parse_args, split_list
-from data_utils import PackedCollator, prepare_datasets
+from data_utils import PackedCollator, list_data_files, prepare_datasets, streaming_datasets
 
 logger = logging.getLogger("pretrain")
 DEBUG_MAX_DOCUMENTS = 1000
@@ -198,17 +198,25 @@ def select_rows(dataset, limit):
 
 
 def build_datasets(model_args, data_args, training_args, tokenizer, block_size):
-    max_documents = DEBUG_MAX_DOCUMENTS if training_args.debug_mode else None
-    with training_args.main_process_first(desc="preparing data"):  # rank 0 prepares; the others read its cache
-        prepared, stats = prepare_datasets(data_args, tokenizer, block_size, max_documents)
-    logger.info("Data: %s", json.dumps(stats))
-    train = select_rows(prepared["train"], data_args.max_train_samples)
-    validation = select_rows(prepared.get("validation"), data_args.max_eval_samples)
+    if data_args.streaming:
+        if training_args.do_train and training_args.max_steps <= 0:
+            raise UserError("--streaming needs --max_steps: a stream has no length to count epochs by")
+        if data_args.dataset_name:
+            raise UserError("--streaming reads --dataset_dir/--train_file(s); --dataset_name is not streamed")
+        list_data_files(data_args.training_paths)  # fail now, before the model loads, if there is nothing
+        train, validation = streaming_datasets(data_args, tokenizer, block_size)
+    else:
+        max_documents = DEBUG_MAX_DOCUMENTS if training_args.debug_mode else None
+        with training_args.main_process_first(desc="preparing data"):  # rank 0 prepares; the others read its cache
+            prepared, stats = prepare_datasets(data_args, tokenizer, block_size, max_documents)
+        logger.info("Data: %s", json.dumps(stats))
+        train = select_rows(prepared["train"], data_args.max_train_samples)
+        validation = select_rows(prepared.get("validation"), data_args.max_eval_samples)
     if training_args.do_eval and validation is None:
         raise UserError("--do_eval needs validation data: set --validation_split_percentage above 0 or give "
                         "--validation_file")
     if training_args.debug_mode:
-        logger.info("First training row, decoded: %r", tokenizer.decode(train[0]["input_ids"]))
+        logger.info("First training row, decoded: %r", tokenizer.decode(next(iter(train))["input_ids"]))
     return train, validation
 
 

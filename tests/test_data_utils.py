@@ -6,6 +6,7 @@ from collections import Counter
 
 import datasets
 import pytest
+import torch
 
 import data_utils
 from arguments import DataArguments, UserError
@@ -239,3 +240,25 @@ def test_empty_dataset_is_a_user_error(tmp_path, tiny_tokenizer):
     (tmp_path / "e" / "notes.md").write_text("not a data file", encoding="utf-8")
     with pytest.raises(UserError, match="no data files found"):
         list_data_files([str(tmp_path / "e")])
+
+
+def test_streaming_rows_equal_the_prepared_rows(corpus_dir, tmp_path, tiny_tokenizer):
+    args = data_args(corpus_dir, tmp_path / "cache", validation_split_percentage=0)
+    prepared, _ = prepare_datasets(args, tiny_tokenizer, block_size=16)
+    train, validation = data_utils.streaming_datasets(args, tiny_tokenizer, block_size=16)
+    assert validation is None
+    assert [r["input_ids"] for r in train] == prepared["train"]["input_ids"]
+    assert [r["position_ids"] for r in train] == prepared["train"]["position_ids"]
+
+
+def test_streaming_split_and_workers_keep_every_token_once(corpus_dir, tmp_path, tiny_tokenizer):
+    args = data_args(corpus_dir, tmp_path / "cache", validation_split_percentage=30)
+    train, validation = data_utils.streaming_datasets(args, tiny_tokenizer, block_size=8)
+    docs = list(clean_documents((d for f in list_data_files([corpus_dir]) for d in read_documents(f)), Counter()))
+    held = [d for d in docs if data_utils.document_hash_fraction(d) < 0.3]
+    kept = [d for d in docs if d not in held]
+    assert held and kept
+    assert sum((r["input_ids"] for r in validation), []) == sum(tokenize_documents(held, tiny_tokenizer), [])
+    loader = torch.utils.data.DataLoader(train, batch_size=None, num_workers=2, collate_fn=lambda row: row)
+    streamed = sorted(t for row in loader for t in row["input_ids"])
+    assert streamed == sorted(sum(tokenize_documents(kept, tiny_tokenizer), []))

@@ -196,3 +196,12 @@ def test_bad_input_from_the_command_line_is_one_line_and_exit_2(tiny_model_dir, 
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert errors == [f"error: --dataset_dir {tmp_path / 'missing'}: no such file or directory"]
     assert "Traceback" not in proc.stderr and not out.exists()
+
+
+def test_streaming_run_trains_without_a_cache(tiny_model_dir, corpus_dir, tmp_path):
+    trainer = run(tiny_model_dir, corpus_dir, tmp_path / "s", "--streaming", "--max_steps", "2",
+                  "--validation_split_percentage", "30", "--do_eval")
+    assert trainer.state.global_step == 2 and trainer.state.log_history[-1]["eval_loss"] > 0
+    assert not os.path.exists(str(tmp_path / "s") + "-cache")
+    with pytest.raises(UserError, match="--streaming needs --max_steps"):
+        run(tiny_model_dir, corpus_dir, tmp_path / "t", "--streaming", "--max_steps", "-1")
