@@ -22,7 +22,8 @@ $(MODEL)/model.safetensors: $(VENV)/.installed
 	$(PY) examples/prepare_smollm2.py $(MODEL)
 
 demo: setup model
-	$(PY) pretrain.py examples/demo.yaml
+	$(PY) examples/stdlib_corpus.py .cache/demo_data
+	HF_HUB_OFFLINE=1 $(PY) pretrain.py examples/demo.yaml
 	@echo outputs/demo
 
 test: setup

@@ -236,6 +236,10 @@ class PretrainTrainingArguments(TrainingArguments):
         default=None,
         metadata={"help": "Deprecated, use --warmup_steps with a float in [0, 1). Fraction of steps spent warming up."},
     )
+    include_num_input_tokens_seen: str = field(
+        default="non_padding",
+        metadata={"help": "Count the tokens trained on (non_padding, all or no); gives train_tokens_per_second."},
+    )
     overwrite_output_dir: bool = field(
         default=False,
         metadata={"help": "Start fresh even if output_dir holds checkpoints. Off: resume from the last one."},
@@ -263,6 +267,8 @@ class PretrainTrainingArguments(TrainingArguments):
                 raise UserError(f"--lora_dropout {self.lora_dropout}: must be in [0, 1)")
         elif self.peft_path:
             raise UserError("--peft_path continues a LoRA adapter; it cannot be combined with --full_finetuning")
+        if self.label_names is None:  # PEFT-wrapped models hide `labels` from the Trainer; eval loss needs it
+            self.label_names = ["labels"]
         if self.peft_path and not os.path.isfile(os.path.join(self.peft_path, "adapter_config.json")):
             raise UserError(f"--peft_path {self.peft_path}: no adapter_config.json there; give a LoRA adapter folder")
         super().__post_init__()

@@ -15,13 +15,14 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from pretrain import drop_gguf_marker
+
 
 def merged_model(base_model, lora_model, gguf_file=None, dtype="float32"):
     """The base model with the adapter merged in (a plain transformers model)."""
     base = AutoModelForCausalLM.from_pretrained(base_model, gguf_file=gguf_file, dtype=getattr(torch, dtype))
-    if gguf_file:  # de-quantized on load; save as a plain model
-        del base.config.quantization_config
-        base.hf_quantizer, base.is_quantized = None, False
+    if gguf_file:
+        drop_gguf_marker(base)
     tokenizer = AutoTokenizer.from_pretrained(lora_model)
     if len(tokenizer) > base.get_input_embeddings().weight.shape[0]:
         base.resize_token_embeddings(len(tokenizer))

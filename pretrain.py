@@ -6,23 +6,26 @@
 User mistakes (bad flags, bad data) end with a one-line message and exit code 2, before the model loads.
 """
 
+import contextlib
 import json
 import logging
 import math
 import os
+import re
 import sys
 
 import datasets
 import torch
 import transformers
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Trainer
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from arguments import UserError, parse_args, split_list
 from data_utils import PackedCollator, list_data_files, prepare_datasets, streaming_datasets
 
 logger = logging.getLogger("pretrain")
 DEBUG_MAX_DOCUMENTS = 1000
+COMPLETE_MARKER = "checkpoint_complete"  # written last: a checkpoint without it is never resumed from
 
 
 def perplexity(loss):
@@ -30,7 +33,15 @@ def perplexity(loss):
 
 
 class PretrainTrainer(Trainer):
-    """The Trainer plus what continued pretraining needs: perplexity beside every eval loss."""
+    """The Trainer plus what continued pretraining needs: perplexity beside every eval loss, and checkpoints
+    marked complete only once every process has written its part."""
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            folder = os.path.join(self._get_output_dir(trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            open(os.path.join(folder, COMPLETE_MARKER), "w").close()
 
     def log(self, logs, start_time=None):
         # evaluate() logs and returns the same dict, so the perplexity lands in both
@@ -61,13 +72,24 @@ def hub_kwargs(model_args):
             "trust_remote_code": model_args.trust_remote_code}
 
 
+@contextlib.contextmanager
+def named_load_errors(flag, path):
+    """A model/tokenizer/config that cannot be found or read is the user's path, not a bug: say which."""
+    try:
+        yield
+    except (OSError, ValueError) as e:
+        raise UserError(f"{flag} {path}: cannot load it: {str(e).strip().splitlines()[0]}") from None
+
+
 def load_tokenizer(model_args):
     path = model_args.tokenizer_name_or_path or model_args.model_name_or_path
     if not path:
         raise UserError("no tokenizer: give --tokenizer_name_or_path (or --model_name_or_path)")
     gguf = model_args.gguf_file if path == model_args.model_name_or_path else None
-    tokenizer = AutoTokenizer.from_pretrained(path, use_fast=model_args.use_fast_tokenizer, gguf_file=gguf,
-                                              **hub_kwargs(model_args))
+    flag = "--tokenizer_name_or_path" if model_args.tokenizer_name_or_path else "--model_name_or_path"
+    with named_load_errors(flag, path):
+        tokenizer = AutoTokenizer.from_pretrained(path, use_fast=model_args.use_fast_tokenizer, gguf_file=gguf,
+                                                  **hub_kwargs(model_args))
     if tokenizer.pad_token is None:  # padding only fills the last, short row; its labels are -100
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -75,10 +97,14 @@ def load_tokenizer(model_args):
 
 def load_config(model_args):
     if model_args.config_name or model_args.model_name_or_path:
-        config = AutoConfig.from_pretrained(model_args.config_name or model_args.model_name_or_path,
-                                            gguf_file=None if model_args.config_name else model_args.gguf_file,
-                                            **hub_kwargs(model_args))
+        flag = "--config_name" if model_args.config_name else "--model_name_or_path"
+        path = model_args.config_name or model_args.model_name_or_path
+        with named_load_errors(flag, path):
+            config = AutoConfig.from_pretrained(path, gguf_file=None if model_args.config_name else model_args.gguf_file,
+                                                **hub_kwargs(model_args))
     elif model_args.model_type:
+        if model_args.model_type not in transformers.CONFIG_MAPPING:
+            raise UserError(f"--model_type {model_args.model_type}: unknown; e.g. llama, mistral, qwen2, gpt2")
         config = transformers.CONFIG_MAPPING[model_args.model_type]()
     else:
         raise UserError("no model: give --model_name_or_path, --config_name or --model_type")
@@ -131,6 +157,13 @@ def check_lora_modules(config, training_args):
                             f"{', '.join(linear)}")
 
 
+def drop_gguf_marker(model):
+    """A GGUF model is de-quantized on load; without the quantizer marker it trains and saves as a plain
+    float model (safetensors) that every tool loads."""
+    del model.config.quantization_config
+    model.hf_quantizer, model.is_quantized = None, False
+
+
 def load_model(model_args, config, tokenizer):
     dtype = model_args.dtype or "float32"
     dtype = dtype if dtype == "auto" else getattr(torch, dtype)
@@ -141,10 +174,8 @@ def load_model(model_args, config, tokenizer):
     else:
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=model_args.trust_remote_code,
                                                  attn_implementation=model_args.attn_implementation)
-    if model_args.gguf_file:  # de-quantized on load: a plain model from here on, saved as safetensors
-        model.config.quantization_config = None
-        del model.config.quantization_config
-        model.hf_quantizer, model.is_quantized = None, False
+    if model_args.gguf_file:
+        drop_gguf_marker(model)
     # A KV cache makes transformers skip the packed-sequence (document) mask: never build one in training.
     model.config.use_cache = False
     vocab = model.get_input_embeddings().weight.shape[0]
@@ -176,6 +207,21 @@ def log_trainable(model):
     logger.info("Trainable parameters: %s of %s (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
 
 
+def last_complete_checkpoint(folder):
+    """The newest checkpoint-N in folder that was marked complete. Newer, unmarked ones (a run killed while
+    saving) are renamed checkpoint-N.incomplete so that neither resume nor rotation takes them."""
+    steps = sorted((int(m.group(1)), name) for name in os.listdir(folder)
+                   if (m := re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)", name))
+                   and os.path.isdir(os.path.join(folder, name)))
+    for _, name in reversed(steps):
+        path = os.path.join(folder, name)
+        if os.path.isfile(os.path.join(path, COMPLETE_MARKER)):
+            return path
+        logger.warning("%s was not finished (the run stopped while saving); renamed to %s.incomplete", path, name)
+        os.replace(path, path + ".incomplete")
+    return None
+
+
 def checkpoint_to_resume(training_args):
     """The checkpoint to continue from: --resume_from_checkpoint, else output_dir's last one unless
     --overwrite_output_dir. A finished run in output_dir is never overwritten silently."""
@@ -184,7 +230,7 @@ def checkpoint_to_resume(training_args):
     out = training_args.output_dir
     if not os.path.isdir(out) or training_args.overwrite_output_dir:
         return None
-    last = get_last_checkpoint(out)
+    last = last_complete_checkpoint(out)
     if last is None and any(os.path.exists(os.path.join(out, f)) for f in ("adapter_config.json", "config.json")):
         raise UserError(f"--output_dir {out} already holds a trained model; pass --overwrite_output_dir to "
                         "replace it or choose another folder")
@@ -223,10 +269,6 @@ def build_datasets(model_args, data_args, training_args, tokenizer, block_size):
 def main(argv=None):
     model_args, data_args, training_args = parse_args(argv)
     setup_logging(training_args)
-    if training_args.label_names is None:  # PEFT-wrapped models hide `labels`; eval loss needs it named
-        training_args.label_names = ["labels"]
-    if training_args.include_num_input_tokens_seen == "no":
-        training_args.include_num_input_tokens_seen = "non_padding"
     tokenizer = load_tokenizer(model_args)
     config = load_config(model_args)
     block_size = resolve_block_size(data_args.block_size, config)

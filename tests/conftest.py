@@ -6,6 +6,10 @@ import sys
 
 import pytest
 
+# Tests never reach a model hub: everything they load is built here or converted from the offline GGUF.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 CORPORA = os.path.join(ROOT, "..", "shared", "corpora")

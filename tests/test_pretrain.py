@@ -205,3 +205,32 @@ def test_streaming_run_trains_without_a_cache(tiny_model_dir, corpus_dir, tmp_pa
     assert not os.path.exists(str(tmp_path / "s") + "-cache")
     with pytest.raises(UserError, match="--streaming needs --max_steps"):
         run(tiny_model_dir, corpus_dir, tmp_path / "t", "--streaming", "--max_steps", "-1")
+
+
+def test_unloadable_model_path_names_the_flag(tmp_path, corpus_dir, no_model_loading):
+    with pytest.raises(UserError, match=f"--model_name_or_path {tmp_path / 'nomodel'}: cannot load it"):
+        pretrain.main(["--model_name_or_path", str(tmp_path / "nomodel"), "--dataset_dir", corpus_dir,
+                       "--output_dir", str(tmp_path / "out"), "--do_train"])
+
+
+def test_checkpoints_are_marked_complete_and_a_run_resumes_from_the_last_one(tiny_model_dir, corpus_dir, tmp_path):
+    out = tmp_path / "ckpt"
+    first = run(tiny_model_dir, corpus_dir, out, "--max_steps", "2", "--save_strategy", "steps", "--save_steps", "1")
+    assert sorted(os.listdir(out / "checkpoint-2")) and (out / "checkpoint-2" / pretrain.COMPLETE_MARKER).is_file()
+    # a run killed while writing checkpoint-3 leaves it unmarked: resume must not take it
+    (out / "checkpoint-3").mkdir()
+    (out / "checkpoint-3" / "adapter_model.safetensors").write_bytes(b"half")
+    trainer = run(tiny_model_dir, corpus_dir, out, "--max_steps", "3", "--save_strategy", "steps", "--save_steps", "1")
+    assert trainer.state.global_step == 3
+    losses = [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h]
+    assert losses[:2] == [(h["step"], h["loss"]) for h in first.state.log_history if "loss" in h]  # restored
+    assert [step for step, _ in losses] == [1, 2, 3]
+    assert (out / "checkpoint-3.incomplete").is_dir() and (out / "checkpoint-3" / pretrain.COMPLETE_MARKER).is_file()
+
+
+def test_finished_run_is_not_overwritten_without_the_flag(tiny_model_dir, corpus_dir, tmp_path):
+    out = tmp_path / "done"
+    run(tiny_model_dir, corpus_dir, out, "--max_steps", "1")
+    with pytest.raises(UserError, match="already holds a trained model; pass --overwrite_output_dir"):
+        run(tiny_model_dir, corpus_dir, out, "--max_steps", "1")
+    run(tiny_model_dir, corpus_dir, out, "--max_steps", "1", "--overwrite_output_dir")

@@ -13,25 +13,18 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 import merge_lora
-from conftest import CORPORA, ROOT
+from conftest import ROOT
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
 def seed_data(tmp_path):
-    """A --dataset_dir with .txt, .jsonl and .json files of real text."""
-    if not os.path.isdir(CORPORA):
-        pytest.skip(f"the shared corpora are not at {CORPORA}")
-    data = tmp_path / "data"
-    data.mkdir()
-    with open(os.path.join(CORPORA, "pydocs-en.txt"), encoding="utf-8") as f:
-        (data / "python.txt").write_text(f.read(20000), encoding="utf-8")
-    with open(os.path.join(CORPORA, "manpages-vi.jsonl"), encoding="utf-8") as f:
-        pages = [json.loads(line) for _, line in zip(range(8), f)]
-    (data / "man.jsonl").write_text("\n".join(json.dumps(p, ensure_ascii=False) for p in pages[:5]), encoding="utf-8")
-    (data / "man.json").write_text(json.dumps(pages[5:], ensure_ascii=False), encoding="utf-8")
-    return str(data)
+    """A --dataset_dir with .txt, .jsonl and .json files of real English text (Python's docstrings)."""
+    sys.path.insert(0, os.path.join(ROOT, "examples"))
+    import stdlib_corpus
+
+    return stdlib_corpus.write_corpus(str(tmp_path / "data"), stdlib_corpus.MODULES[:9])
 
 
 def test_seed_command_runs_and_its_adapter_loads_and_merges(smollm2_dir, seed_data, tmp_path):
@@ -74,3 +67,26 @@ def test_seed_command_runs_and_its_adapter_loads_and_merges(smollm2_dir, seed_da
     # 30 layers in float32: merging W + BA rounds each weight once, which moves logits of magnitude ~30 by
     # a few 1e-4 (in float64 the merge is exact); the tiny-model test holds atol 1e-4.
     torch.testing.assert_close(got, expected, atol=2e-3, rtol=0)
+
+
+def test_training_straight_from_the_gguf_file(smollm2_dir, seed_data, tmp_path):
+    """--gguf_file de-quantizes on load; the adapter then fits the converted model and merges from the GGUF."""
+    sys.path.insert(0, os.path.join(ROOT, "examples"))
+    import prepare_smollm2
+
+    import pretrain
+
+    gguf_dir, out = prepare_smollm2.gguf_dir(), tmp_path / "out"
+    pretrain.main(["--model_name_or_path", gguf_dir, "--gguf_file", prepare_smollm2.GGUF_NAME,
+                   "--dataset_dir", seed_data, "--data_cache_dir", str(tmp_path / "cache"), "--output_dir", str(out),
+                   "--do_train", "--max_steps", "1", "--block_size", "64", "--report_to", "none",
+                   "--save_strategy", "no"])
+    assert "quantization_config" not in json.loads((out / "adapter_config.json").read_text())
+    ids = torch.tensor([[1, 504, 3458, 314, 253]])
+    adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(smollm2_dir), str(out)).eval()
+    assert merge_lora.main(["--base_model", gguf_dir, "--gguf_file", prepare_smollm2.GGUF_NAME,
+                            "--lora_model", str(out), "--output_dir", str(tmp_path / "merged")]) == 0
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+    assert getattr(merged.config, "quantization_config", None) is None
+    with torch.no_grad():
+        torch.testing.assert_close(merged(ids).logits, adapted(ids).logits, atol=2e-3, rtol=0)
