@@ -165,7 +165,7 @@ class DataArguments:
     )
     validation_split_percentage: float = field(
         default=5.0,
-        metadata={"help": "Percent of documents held out for validation (a percentage: 0.001 means 0.001%, "
+        metadata={"help": "Percent of documents held out for validation (a percentage: 0.001 means 0.001 percent, "
                   "at least one document when above 0; 0: none). Chosen by a hash of each document, so the "
                   "same documents are held out whatever --seed is. Ignored with --validation_file."},
     )

@@ -269,8 +269,8 @@ def build_datasets(model_args, data_args, training_args, tokenizer, block_size):
 def main(argv=None):
     model_args, data_args, training_args = parse_args(argv)
     setup_logging(training_args)
-    tokenizer = load_tokenizer(model_args)
     config = load_config(model_args)
+    tokenizer = load_tokenizer(model_args)
     block_size = resolve_block_size(data_args.block_size, config)
     check_lora_modules(config, training_args)
     check_attention(model_args, training_args)

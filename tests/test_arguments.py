@@ -148,3 +148,13 @@ def test_readme_flag_reference_is_current():
     assert section, "README.md lacks the generated flag reference markers"
     assert section.group(1) == arguments.flag_reference_markdown(), (
         "README.md's flag reference is stale; run: python arguments.py --write-readme")
+
+
+def test_help_lists_every_flag():
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "pretrain.py"), "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for flag in ("--dataset_dir", "--validation_split_percentage", "--lora_rank", "--learning_rate", "--data_cache"):
+        assert flag in proc.stdout
