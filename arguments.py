@@ -237,8 +237,10 @@ class PretrainTrainingArguments(TrainingArguments):
         metadata={"help": "Deprecated, use --warmup_steps with a float in [0, 1). Fraction of steps spent warming up."},
     )
     include_num_input_tokens_seen: str = field(
-        default="non_padding",
-        metadata={"help": "Count the tokens trained on (non_padding, all or no); gives train_tokens_per_second."},
+        default="all",
+        metadata={"help": "Count the tokens trained on (all, non_padding or no); gives train_tokens_per_second. "
+                  "Packed rows are padded only at the end of the data, and non_padding would also skip every "
+                  "EOS where the pad token is EOS."},
     )
     overwrite_output_dir: bool = field(
         default=False,
@@ -267,6 +269,12 @@ class PretrainTrainingArguments(TrainingArguments):
                 raise UserError(f"--lora_dropout {self.lora_dropout}: must be in [0, 1)")
         elif self.peft_path:
             raise UserError("--peft_path continues a LoRA adapter; it cannot be combined with --full_finetuning")
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available() and not self.use_cpu:
+            # Without it the Trainer does not wrap the model in DDP on a machine with no accelerator, and every
+            # process would silently train alone on its own copy.
+            logger.warning("no GPU: training on %s CPU processes with DDP over gloo (--use_cpu)",
+                           os.environ["WORLD_SIZE"])
+            self.use_cpu = True
         if self.label_names is None:  # PEFT-wrapped models hide `labels` from the Trainer; eval loss needs it
             self.label_names = ["labels"]
         if self.peft_path and not os.path.isfile(os.path.join(self.peft_path, "adapter_config.json")):

@@ -53,10 +53,10 @@ class PretrainTrainer(Trainer):
 def setup_logging(training_args):
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
                         handlers=[logging.StreamHandler(sys.stdout)])
-    ours = logging.INFO if training_args.should_log else logging.WARNING  # our own steps, main process only
+    level = training_args.get_process_log_level()
+    ours = logging.INFO if training_args.should_log else level  # our own steps: on the main process by default
     for log in (logger, logging.getLogger("data_utils"), logging.getLogger("arguments")):
         log.setLevel(ours)
-    level = training_args.get_process_log_level()
     datasets.utils.logging.set_verbosity(level)
     transformers.utils.logging.set_verbosity(level)
 

@@ -234,3 +234,23 @@ def test_finished_run_is_not_overwritten_without_the_flag(tiny_model_dir, corpus
     with pytest.raises(UserError, match="already holds a trained model; pass --overwrite_output_dir"):
         run(tiny_model_dir, corpus_dir, out, "--max_steps", "1")
     run(tiny_model_dir, corpus_dir, out, "--max_steps", "1", "--overwrite_output_dir")
+
+
+def test_two_cpu_processes_train_together_and_prepare_once(tiny_model_dir, tmp_path):
+    """torchrun --nproc_per_node 2 on CPU: DDP over gloo (not two lone runs), one process tokenizes."""
+    sys.path.insert(0, os.path.join(ROOT, "examples"))
+    import stdlib_corpus
+
+    data = stdlib_corpus.write_corpus(str(tmp_path / "data"), stdlib_corpus.MODULES[:3])
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    proc = subprocess.run([torchrun, "--nproc_per_node", "2", os.path.join(ROOT, "pretrain.py"),
+                           "--model_name_or_path", tiny_model_dir, "--dataset_dir", data,
+                           "--data_cache_dir", str(tmp_path / "cache"), "--output_dir", str(tmp_path / "out"),
+                           "--do_train", "--max_steps", "2", "--block_size", "32", "--per_device_train_batch_size", "4",
+                           "--report_to", "none", "--save_strategy", "no", "--log_level", "info",
+                           "--log_level_replica", "info"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    results = json.loads((tmp_path / "out" / "train_results.json").read_text())
+    assert results["train_tokens"] == 2 * 2 * 4 * 32, proc.stdout[-3000:]  # steps x ranks x rows x tokens
+    assert proc.stdout.count("Prepared data cached in") == 1
+    assert proc.stdout.count("Using the prepared data cached in") == 1  # the other rank read the cache
