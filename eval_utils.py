@@ -1,0 +1,152 @@
+"""Evaluation of a causal LM, for any model or adapter: bits per byte, knowledge probes, greedy completions.
+
+- Bits per UTF-8 byte (with loss and perplexity per token): every token of every document is scored, the
+  first one too, given a document-start token, in windows of at most block_size tokens (lm-eval's rolling
+  log-likelihood). Bits per byte does not depend on the tokenizer, so it stays comparable when the
+  vocabulary changes.
+- Knowledge probes: multiple choice scored by the log-likelihood of each answer after the prompt, as
+  lm-eval's `acc` does; the answer with the highest sum wins.
+- Greedy completions of a few prompts, to read.
+"""
+
+import json
+import math
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from arguments import UserError
+from data_utils import IGNORE_INDEX, PackedCollator
+
+
+def document_start_token(tokenizer):
+    """The token a document starts after in training: BOS where the tokenizer adds one, else EOS (the end of
+    the previous document)."""
+    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
+    if tokenizer.bos_token_id is not None and ids and ids[0] == tokenizer.bos_token_id:
+        return tokenizer.bos_token_id
+    return tokenizer.eos_token_id
+
+
+def rolling_windows(token_ids, start_token, block_size):
+    """Windows that score every token once, each given at most block_size - 1 tokens before it.
+
+    Each window is (input_ids, number of leading tokens that are context only); the first window starts
+    with start_token so the document's first token is scored too.
+
+    >>> rolling_windows([5, 6, 7, 8, 9], start_token=1, block_size=3)
+    [([1, 5, 6], 1), ([6, 7, 8], 1), ([8, 9], 1)]
+    """
+    ids = [start_token] + list(token_ids)
+    return [(ids[start - 1:start + block_size - 1], 1) for start in range(1, len(ids), block_size - 1)]
+
+
+def token_nll(model, rows, pad_token_id):
+    """Summed negative log-likelihood (nats) and scored-token count of a batch of windows, documents kept
+    apart by the packed collator's restarting position_ids."""
+    batch = PackedCollator(pad_token_id)([{"input_ids": ids, "position_ids": list(range(len(ids)))}
+                                          for ids, _ in rows])
+    labels = torch.full_like(batch["input_ids"], IGNORE_INDEX)
+    for i, (ids, context) in enumerate(rows):
+        labels[i, context:len(ids)] = batch["input_ids"][i, context:len(ids)]
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"].to(device), position_ids=batch["position_ids"].to(device),
+                       use_cache=False).logits.float()
+    shifted = labels[:, 1:].to(device)
+    nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), shifted, ignore_index=IGNORE_INDEX, reduction="sum")
+    return nll.item(), int((shifted != IGNORE_INDEX).sum())
+
+
+def bits_per_byte(model, tokenizer, texts, block_size=None, batch_size=8, desc="bits per byte"):
+    """{'bpb', 'loss', 'perplexity', 'tokens', 'bytes'} of a model over documents (strings)."""
+    texts = [t for t in texts if t]
+    if not texts:
+        raise UserError(f"{desc}: no text to evaluate")
+    block_size = block_size or min(1024, getattr(model.config, "max_position_embeddings", 1024))
+    start = document_start_token(tokenizer)
+    encoded = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
+    windows = sorted((w for ids in encoded for w in rolling_windows(ids, start, block_size)),
+                     key=lambda w: len(w[0]))  # similar lengths together: little padding
+    was_training = model.training
+    model.eval()
+    nats, tokens = 0.0, 0
+    for i in tqdm(range(0, len(windows), batch_size), desc=desc, leave=False):
+        batch_nats, batch_tokens = token_nll(model, windows[i:i + batch_size], tokenizer.pad_token_id or 0)
+        nats, tokens = nats + batch_nats, tokens + batch_tokens
+    model.train(was_training)
+    n_bytes = sum(len(t.encode("utf-8")) for t in texts)
+    loss = nats / tokens
+    return {"bpb": nats / math.log(2) / n_bytes, "loss": loss, "perplexity": math.exp(min(loss, 700)),
+            "tokens": tokens, "bytes": n_bytes}
+
+
+def continuation_ids(tokenizer, prompt, answer):
+    """Prompt and answer token ids as lm-eval splits them: the answer's tokens are those the tokenizer makes
+    of prompt + answer beyond the prompt's; a space ending the prompt moves to the answer."""
+    if prompt.endswith(" "):
+        prompt, answer = prompt[:-1], " " + answer
+    context = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    whole = tokenizer(prompt + answer, add_special_tokens=False)["input_ids"]
+    return context, whole[len(context):]
+
+
+def choice_logliks(model, tokenizer, prompt, choices):
+    """Summed log-likelihood of each choice after the prompt (which starts a document)."""
+    start = document_start_token(tokenizer)
+    rows = []
+    for choice in choices:
+        context, answer = continuation_ids(tokenizer, prompt, choice)
+        rows.append(([start] + context + answer, 1 + len(context)))
+    return [-token_nll(model, [row], tokenizer.pad_token_id or 0)[0] for row in rows]
+
+
+def read_probes(path):
+    """Knowledge probes from JSONL: {"prompt", "answer", "distractors": [...]} a line."""
+    probes = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                probe = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}:{lineno}:{e.colno}: invalid JSON: {e.msg}") from None
+            missing = [k for k in ("prompt", "answer", "distractors") if k not in probe]
+            if missing:
+                raise UserError(f"{path}:{lineno}: a probe needs prompt, answer and distractors; missing "
+                                f"{', '.join(missing)}")
+            probes.append(probe)
+    return probes
+
+
+def probe_accuracy(model, tokenizer, probes, desc="probes"):
+    """{'acc', 'n', 'results'}: the share of probes whose answer out-scores every distractor."""
+    was_training = model.training
+    model.eval()
+    results = []
+    for probe in tqdm(probes, desc=desc, leave=False):
+        scores = choice_logliks(model, tokenizer, probe["prompt"], [probe["answer"], *probe["distractors"]])
+        results.append({"prompt": probe["prompt"], "answer": probe["answer"],
+                        "correct": scores[0] > max(scores[1:]), "logliks": scores})
+    model.train(was_training)
+    return {"acc": sum(r["correct"] for r in results) / len(results), "n": len(results), "results": results}
+
+
+def greedy_completions(model, tokenizer, prompts, max_new_tokens=24):
+    """{prompt: greedy continuation} (no sampling, so the same every run)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out = {}
+    for prompt in prompts:
+        ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
+        ids = torch.cat([torch.tensor([[document_start_token(tokenizer)]]), ids], dim=1).to(device)
+        with torch.no_grad():
+            generated = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                       max_new_tokens=max_new_tokens, use_cache=True,
+                                       pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+        out[prompt] = tokenizer.decode(generated[0, ids.shape[1]:], skip_special_tokens=True)
+    model.train(was_training)
+    return out
