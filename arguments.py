@@ -141,6 +141,11 @@ class DataArguments:
         default=None,
         metadata={"help": "Validation file. When given, nothing is split off the training data."},
     )
+    eval_files: Optional[str] = field(
+        default=None,
+        metadata={"help": "Named evaluation sets, e.g. domain=val_vi.jsonl,general=val_en.txt: each is logged at every "
+                  "evaluation as eval_<name>_loss, eval_<name>_perplexity and eval_<name>_bpb."},
+    )
     text_column: Optional[str] = field(
         default=None,
         metadata={"help": "Field holding the text in .jsonl/.json/.csv/.parquet. Default: 'text', then 'content', "
@@ -191,6 +196,9 @@ class DataArguments:
         for path in self.train_files or []:
             if not os.path.exists(path):
                 raise UserError(f"--train_files {path}: no such file or directory")
+        for name, path in self.named_eval_files.items():
+            if not os.path.exists(path):
+                raise UserError(f"--eval_files {name}={path}: no such file or directory")
         if not 0 <= self.validation_split_percentage < 100:
             raise UserError(f"--validation_split_percentage {self.validation_split_percentage}: "
                             "must be a percentage in [0, 100)")
@@ -200,6 +208,20 @@ class DataArguments:
             value = getattr(self, flag)
             if value is not None and value < 1:
                 raise UserError(f"--{flag} {value}: must be at least 1")
+
+    @property
+    def named_eval_files(self):
+        """--eval_files as {name: path}, in the order given."""
+        named = {}
+        for item in split_list(self.eval_files):
+            name, sep, path = item.partition("=")
+            if not sep or not name.strip() or not path.strip() or not name.strip().isidentifier():
+                raise UserError(f"--eval_files {item!r}: expected name=path with a name of letters, digits and _ "
+                                "(e.g. domain=val.jsonl)")
+            if name.strip() in named:
+                raise UserError(f"--eval_files: the name {name.strip()} is given twice")
+            named[name.strip()] = path.strip()
+        return named
 
     @property
     def training_paths(self):

@@ -420,9 +420,10 @@ def tokenizer_fingerprint(tokenizer):
     return digest.hexdigest()
 
 
-def data_fingerprint(train_paths, validation_paths, tokenizer, options):
+def data_fingerprint(paths_by_role, tokenizer, options):
+    """Hash of everything the prepared rows depend on: each role's file contents, the tokenizer, the options."""
     digest = hashlib.sha256(json.dumps([PREPARED_FORMAT_VERSION, options], sort_keys=True).encode())
-    for role, paths in (("train", train_paths), ("validation", validation_paths)):
+    for role, paths in paths_by_role.items():
         for path in paths:
             digest.update(f"{role}:{file_digest(path)}".encode())
     digest.update(tokenizer_fingerprint(tokenizer).encode())
@@ -470,6 +471,15 @@ def rows_from_documents(texts, tokenizer, block_size, num_workers):
     return datasets.Dataset.from_dict(pack_documents(tokenized["ids"], block_size))
 
 
+def split_stats(name, rows, texts):
+    """Rows, tokens, scored tokens (labels that are not -100) and UTF-8 bytes of one prepared split: bits per
+    byte = mean loss x scored tokens / bytes / ln 2."""
+    positions = rows["position_ids"]
+    return {f"{name}_documents": len(texts), f"{name}_rows": len(rows), f"{name}_tokens": sum(map(len, positions)),
+            f"{name}_scored_tokens": sum(sum(1 for p in row if p) for row in positions),
+            f"{name}_bytes": sum(len(t.encode("utf-8")) for t in texts)}
+
+
 def build_datasets(data_args, tokenizer, block_size, max_documents=None, extra=None):
     stats = Counter()
     train_docs = read_clean_documents(data_args.training_paths, data_args, stats, max_documents, extra)
@@ -481,18 +491,21 @@ def build_datasets(data_args, tokenizer, block_size, max_documents=None, extra=N
         where = ", ".join(data_args.training_paths) or data_args.dataset_name
         raise UserError(f"{where}: no training documents with text ({stats['read']} read, "
                         f"{stats['dropped_empty']} empty, {stats['dropped_duplicate']} duplicates)")
-    splits = {"train": rows_from_documents(train_docs, tokenizer, block_size, data_args.preprocessing_num_workers)}
-    if validation_docs:
-        splits["validation"] = rows_from_documents(validation_docs, tokenizer, block_size,
-                                                   data_args.preprocessing_num_workers)
-    stats.update(train_documents=len(train_docs), validation_documents=len(validation_docs),
-                 **{f"{k}_rows": len(v) for k, v in splits.items()},
-                 **{f"{k}_tokens": sum(map(len, v["input_ids"])) for k, v in splits.items()})
+    documents = {"train": train_docs, "validation": validation_docs}
+    for name, path in data_args.named_eval_files.items():
+        documents[f"eval_{name}"] = read_clean_documents([path], data_args, Counter(), max_documents)
+        if not documents[f"eval_{name}"]:
+            raise UserError(f"--eval_files {name}={path}: no documents with text")
+    splits = {}
+    for name, texts in documents.items():
+        if texts:
+            splits[name] = rows_from_documents(texts, tokenizer, block_size, data_args.preprocessing_num_workers)
+            stats.update(split_stats(name, splits[name], texts))
     return datasets.DatasetDict(splits), dict(stats)
 
 
 def prepare_datasets(data_args, tokenizer, block_size, max_documents=None):
-    """Packed train (and validation) rows for these inputs, from the cache when it holds them."""
+    """Packed train, validation and named eval rows for these inputs, from the cache when it holds them."""
     if not (data_args.training_paths or data_args.dataset_name):
         raise UserError("no training data given; use --dataset_dir, --train_file(s) or --dataset_name")
     extra = None
@@ -501,10 +514,10 @@ def prepare_datasets(data_args, tokenizer, block_size, max_documents=None):
     if data_args.dataset_name:
         extra = datasets.load_dataset(data_args.dataset_name, data_args.dataset_config_name, split="train")
         options["dataset"] = extra._fingerprint
-    validation_paths = [data_args.validation_file] if data_args.validation_file else []
-    train_paths = list_data_files(data_args.training_paths) if data_args.training_paths else []
-    fingerprint = data_fingerprint(train_paths, validation_paths, tokenizer, options)
-    target = os.path.join(data_args.data_cache_dir or default_cache_dir(), fingerprint)
+    paths = {"train": list_data_files(data_args.training_paths) if data_args.training_paths else [],
+             "validation": [data_args.validation_file] if data_args.validation_file else [],
+             **{f"eval_{name}": [path] for name, path in data_args.named_eval_files.items()}}
+    target = os.path.join(data_args.data_cache_dir or default_cache_dir(), data_fingerprint(paths, tokenizer, options))
     if os.path.isdir(target) and not data_args.overwrite_cache:
         logger.info("Using the prepared data cached in %s (no tokenization needed)", target)
         with open(os.path.join(target, "prepare_stats.json")) as f:

@@ -33,8 +33,17 @@ def perplexity(loss):
 
 
 class PretrainTrainer(Trainer):
-    """The Trainer plus what continued pretraining needs: perplexity beside every eval loss, and checkpoints
-    marked complete only once every process has written its part."""
+    """The Trainer plus what continued pretraining needs: perplexity and bits per byte beside every eval loss
+    (several named eval sets at once), and checkpoints marked complete only once every process has written
+    its part.
+
+    eval_sizes maps a metric prefix ("eval", "eval_domain", ...) to (scored tokens, UTF-8 bytes) of that set:
+    bits per byte = mean loss x scored tokens / bytes / ln 2, comparable across tokenizers.
+    """
+
+    def __init__(self, *args, eval_sizes=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.eval_sizes = eval_sizes or {}
 
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
@@ -46,7 +55,11 @@ class PretrainTrainer(Trainer):
     def log(self, logs, start_time=None):
         # evaluate() logs and returns the same dict, so the perplexity lands in both
         for key in [k for k in logs if k.startswith("eval") and k.endswith("_loss")]:
-            logs[key[:-len("loss")] + "perplexity"] = perplexity(logs[key])
+            prefix = key[:-len("_loss")]
+            logs[f"{prefix}_perplexity"] = perplexity(logs[key])
+            if prefix in self.eval_sizes:
+                tokens, n_bytes = self.eval_sizes[prefix]
+                logs[f"{prefix}_bpb"] = logs[key] * tokens / n_bytes / math.log(2)
         super().log(logs, start_time)
 
 
@@ -243,12 +256,37 @@ def select_rows(dataset, limit):
     return dataset.select(range(min(limit, len(dataset)))) if limit and dataset is not None else dataset
 
 
+def eval_sets(prepared, stats, data_args):
+    """The eval dataset(s) for the Trainer and their sizes for bits per byte: the held-out split alone, or
+    it and every --eval_files set by name."""
+    named = {name: select_rows(prepared[f"eval_{name}"], data_args.max_eval_samples)
+             for name in data_args.named_eval_files}
+    if "validation" in prepared:
+        validation = select_rows(prepared["validation"], data_args.max_eval_samples)
+        if not named:
+            return validation, {"eval": scored_sizes(validation, stats, "validation")}
+        named = {"validation": validation, **named}
+    if not named:
+        return None, {}
+    split = {name: "validation" if name == "validation" else f"eval_{name}" for name in named}
+    return named, {f"eval_{name}": scored_sizes(ds, stats, split[name]) for name, ds in named.items()}
+
+
+def scored_sizes(dataset, stats, split):
+    """(scored tokens, bytes) of a split; when --max_eval_samples cut it, the bytes are scaled to the rows kept."""
+    tokens = sum(1 for row in dataset["position_ids"] for p in row if p)
+    return tokens, stats[f"{split}_bytes"] * tokens / max(stats[f"{split}_scored_tokens"], 1)
+
+
 def build_datasets(model_args, data_args, training_args, tokenizer, block_size):
+    """(train dataset, eval dataset or {name: dataset}, {metric prefix: (scored tokens, bytes)})."""
+    sizes = {}
     if data_args.streaming:
         if training_args.do_train and training_args.max_steps <= 0:
             raise UserError("--streaming needs --max_steps: a stream has no length to count epochs by")
-        if data_args.dataset_name:
-            raise UserError("--streaming reads --dataset_dir/--train_file(s); --dataset_name is not streamed")
+        if data_args.dataset_name or data_args.eval_files:
+            raise UserError("--streaming reads --dataset_dir/--train_file(s) and --validation_file only; drop "
+                            "--dataset_name/--eval_files or --streaming")
         list_data_files(data_args.training_paths)  # fail now, before the model loads, if there is nothing
         train, validation = streaming_datasets(data_args, tokenizer, block_size)
     else:
@@ -257,13 +295,13 @@ def build_datasets(model_args, data_args, training_args, tokenizer, block_size):
             prepared, stats = prepare_datasets(data_args, tokenizer, block_size, max_documents)
         logger.info("Data: %s", json.dumps(stats))
         train = select_rows(prepared["train"], data_args.max_train_samples)
-        validation = select_rows(prepared.get("validation"), data_args.max_eval_samples)
+        validation, sizes = eval_sets(prepared, stats, data_args)
     if training_args.do_eval and validation is None:
-        raise UserError("--do_eval needs validation data: set --validation_split_percentage above 0 or give "
-                        "--validation_file")
+        raise UserError("--do_eval needs validation data: set --validation_split_percentage above 0, or give "
+                        "--validation_file or --eval_files")
     if training_args.debug_mode:
         logger.info("First training row, decoded: %r", tokenizer.decode(next(iter(train))["input_ids"]))
-    return train, validation
+    return train, validation, sizes
 
 
 def main(argv=None):
@@ -275,14 +313,15 @@ def main(argv=None):
     check_lora_modules(config, training_args)
     check_attention(model_args, training_args)
     resume = checkpoint_to_resume(training_args)
-    train_dataset, eval_dataset = build_datasets(model_args, data_args, training_args, tokenizer, block_size)
+    train_dataset, eval_dataset, eval_sizes = build_datasets(model_args, data_args, training_args, tokenizer,
+                                                             block_size)
 
     model = load_model(model_args, config, tokenizer)
     if not training_args.full_finetuning:
         model = add_lora(model, training_args)
     log_trainable(model)
     trainer = PretrainTrainer(model=model, args=training_args, train_dataset=train_dataset,
-                              eval_dataset=eval_dataset, processing_class=tokenizer,
+                              eval_dataset=eval_dataset, eval_sizes=eval_sizes, processing_class=tokenizer,
                               data_collator=PackedCollator(pad_token_id=tokenizer.pad_token_id))
     if training_args.do_train:
         result = trainer.train(resume_from_checkpoint=resume)

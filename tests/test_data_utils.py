@@ -225,10 +225,10 @@ def test_tokenizer_change_invalidates_cache(corpus_dir, tmp_path, tiny_tokenizer
     other.add_tokens(["quick brown"])
     options = {"block_size": 16}
     paths = list_data_files([corpus_dir])
-    assert (data_utils.data_fingerprint(paths, [], tiny_tokenizer, options)
-            != data_utils.data_fingerprint(paths, [], other, options))
-    assert (data_utils.data_fingerprint(paths, [], tiny_tokenizer, options)
-            == data_utils.data_fingerprint(paths, [], AutoTokenizer.from_pretrained(tiny_tokenizer_dir), options))
+    assert (data_utils.data_fingerprint({"train": paths}, tiny_tokenizer, options)
+            != data_utils.data_fingerprint({"train": paths}, other, options))
+    assert (data_utils.data_fingerprint({"train": paths}, tiny_tokenizer, options)
+            == data_utils.data_fingerprint({"train": paths}, AutoTokenizer.from_pretrained(tiny_tokenizer_dir), options))
 
 
 def test_empty_dataset_is_a_user_error(tmp_path, tiny_tokenizer):

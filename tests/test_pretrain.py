@@ -254,3 +254,20 @@ def test_two_cpu_processes_train_together_and_prepare_once(tiny_model_dir, tmp_p
     assert results["train_tokens"] == 2 * 2 * 4 * 32, proc.stdout[-3000:]  # steps x ranks x rows x tokens
     assert proc.stdout.count("Prepared data cached in") == 1
     assert proc.stdout.count("Using the prepared data cached in") == 1  # the other rank read the cache
+
+
+def test_named_eval_sets_log_loss_perplexity_and_bits_per_byte(tiny_model_dir, corpus_dir, tmp_path):
+    from eval_utils import bits_per_byte
+
+    general = tmp_path / "general.txt"
+    general.write_text("The lazy dog sleeps.\n\nA quick brown fox.\n", encoding="utf-8")
+    trainer = run(tiny_model_dir, corpus_dir, tmp_path / "named", "--do_eval", "--max_steps", "1",
+                  "--eval_files", f"domain={corpus_dir}/c.json,general={general}", "--per_device_eval_batch_size", "64")
+    metrics = {k: v for entry in trainer.state.log_history for k, v in entry.items()}  # one entry per eval set
+    for name in ("validation", "domain", "general"):
+        assert {f"eval_{name}_loss", f"eval_{name}_perplexity", f"eval_{name}_bpb"} <= metrics.keys()
+    # the packed estimate agrees with the exact rolling computation (which also scores first tokens, not EOS)
+    exact = bits_per_byte(trainer.model, trainer.processing_class, ["The lazy dog sleeps.", "A quick brown fox."])
+    assert metrics["eval_general_bpb"] == pytest.approx(exact["bpb"], rel=0.15)
+    with pytest.raises(UserError, match="--eval_files 'domain': expected name=path"):
+        run(tiny_model_dir, corpus_dir, tmp_path / "bad", "--eval_files", "domain")
