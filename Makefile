@@ -22,9 +22,7 @@ $(MODEL)/model.safetensors: $(VENV)/.installed
 	$(PY) examples/prepare_smollm2.py $(MODEL)
 
 demo: setup model
-	$(PY) examples/stdlib_corpus.py .cache/demo_data
-	HF_HUB_OFFLINE=1 $(PY) pretrain.py examples/demo.yaml
-	@echo outputs/demo
+	HF_HUB_OFFLINE=1 $(PY) examples/demo/run_demo.py --output_dir outputs/demo
 
 test: setup
 	$(PY) -m pytest

@@ -11,6 +11,7 @@
 
 import json
 import math
+from collections import Counter
 
 import torch
 import torch.nn.functional as F
@@ -43,8 +44,9 @@ def rolling_windows(token_ids, start_token, block_size):
 
 
 def token_nll(model, rows, pad_token_id):
-    """Summed negative log-likelihood (nats) and scored-token count of a batch of windows, documents kept
-    apart by the packed collator's restarting position_ids."""
+    """Summed negative log-likelihood (nats) and scored-token count of each window in a batch, as two lists.
+    A window is (input_ids, leading context-only tokens); padded rows are kept apart by the packed
+    collator's restarting position_ids."""
     batch = PackedCollator(pad_token_id)([{"input_ids": ids, "position_ids": list(range(len(ids)))}
                                           for ids, _ in rows])
     labels = torch.full_like(batch["input_ids"], IGNORE_INDEX)
@@ -55,8 +57,24 @@ def token_nll(model, rows, pad_token_id):
         logits = model(input_ids=batch["input_ids"].to(device), position_ids=batch["position_ids"].to(device),
                        use_cache=False).logits.float()
     shifted = labels[:, 1:].to(device)
-    nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), shifted, ignore_index=IGNORE_INDEX, reduction="sum")
-    return nll.item(), int((shifted != IGNORE_INDEX).sum())
+    nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), shifted, ignore_index=IGNORE_INDEX, reduction="none")
+    scored = shifted != IGNORE_INDEX
+    return (nll * scored).sum(1).tolist(), scored.sum(1).tolist()
+
+
+def batched_nll(model, tokenizer, windows, batch_size, desc):
+    """token_nll over many windows, batch by batch, longest first, with a progress bar; in input order."""
+    order = sorted(range(len(windows)), key=lambda i: -len(windows[i][0]))  # similar lengths: little padding
+    nats, tokens = [0.0] * len(windows), [0] * len(windows)
+    was_training = model.training
+    model.eval()
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False):
+        chunk = order[start:start + batch_size]
+        chunk_nats, chunk_tokens = token_nll(model, [windows[i] for i in chunk], tokenizer.pad_token_id or 0)
+        for i, n, t in zip(chunk, chunk_nats, chunk_tokens):
+            nats[i], tokens[i] = n, t
+    model.train(was_training)
+    return nats, tokens
 
 
 def bits_per_byte(model, tokenizer, texts, block_size=None, batch_size=8, desc="bits per byte"):
@@ -67,15 +85,8 @@ def bits_per_byte(model, tokenizer, texts, block_size=None, batch_size=8, desc="
     block_size = block_size or min(1024, getattr(model.config, "max_position_embeddings", 1024))
     start = document_start_token(tokenizer)
     encoded = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
-    windows = sorted((w for ids in encoded for w in rolling_windows(ids, start, block_size)),
-                     key=lambda w: len(w[0]))  # similar lengths together: little padding
-    was_training = model.training
-    model.eval()
-    nats, tokens = 0.0, 0
-    for i in tqdm(range(0, len(windows), batch_size), desc=desc, leave=False):
-        batch_nats, batch_tokens = token_nll(model, windows[i:i + batch_size], tokenizer.pad_token_id or 0)
-        nats, tokens = nats + batch_nats, tokens + batch_tokens
-    model.train(was_training)
+    windows = [w for ids in encoded for w in rolling_windows(ids, start, block_size)]
+    nats, tokens = map(sum, batched_nll(model, tokenizer, windows, batch_size, desc))
     n_bytes = sum(len(t.encode("utf-8")) for t in texts)
     loss = nats / tokens
     return {"bpb": nats / math.log(2) / n_bytes, "loss": loss, "perplexity": math.exp(min(loss, 700)),
@@ -92,14 +103,20 @@ def continuation_ids(tokenizer, prompt, answer):
     return context, whole[len(context):]
 
 
-def choice_logliks(model, tokenizer, prompt, choices):
-    """Summed log-likelihood of each choice after the prompt (which starts a document)."""
+def choice_rows(tokenizer, prompt, choices):
+    """One window a choice: document start + prompt (context only) + the choice's tokens (scored)."""
     start = document_start_token(tokenizer)
     rows = []
     for choice in choices:
         context, answer = continuation_ids(tokenizer, prompt, choice)
         rows.append(([start] + context + answer, 1 + len(context)))
-    return [-token_nll(model, [row], tokenizer.pad_token_id or 0)[0] for row in rows]
+    return rows
+
+
+def choice_logliks(model, tokenizer, prompt, choices):
+    """Summed log-likelihood of each choice after the prompt (which starts a document)."""
+    nats, _ = token_nll(model, choice_rows(tokenizer, prompt, choices), tokenizer.pad_token_id or 0)
+    return [-n for n in nats]
 
 
 def read_probes(path):
@@ -117,20 +134,25 @@ def read_probes(path):
             if missing:
                 raise UserError(f"{path}:{lineno}: a probe needs prompt, answer and distractors; missing "
                                 f"{', '.join(missing)}")
+            if not isinstance(probe["distractors"], list) or not probe["distractors"]:
+                raise UserError(f"{path}:{lineno}: distractors must be a non-empty list of wrong answers")
             probes.append(probe)
     return probes
 
 
-def probe_accuracy(model, tokenizer, probes, desc="probes"):
+def probe_accuracy(model, tokenizer, probes, batch_size=32, desc="probes"):
     """{'acc', 'n', 'results'}: the share of probes whose answer out-scores every distractor."""
-    was_training = model.training
-    model.eval()
-    results = []
-    for probe in tqdm(probes, desc=desc, leave=False):
-        scores = choice_logliks(model, tokenizer, probe["prompt"], [probe["answer"], *probe["distractors"]])
-        results.append({"prompt": probe["prompt"], "answer": probe["answer"],
-                        "correct": scores[0] > max(scores[1:]), "logliks": scores})
-    model.train(was_training)
+    rows, owners = [], []
+    for i, probe in enumerate(probes):
+        choices = choice_rows(tokenizer, probe["prompt"], [probe["answer"], *probe["distractors"]])
+        rows += choices
+        owners += [i] * len(choices)
+    nats, _ = batched_nll(model, tokenizer, rows, batch_size, desc)
+    scores = [[] for _ in probes]
+    for owner, n in zip(owners, nats):
+        scores[owner].append(-n)
+    results = [{"prompt": p["prompt"], "answer": p["answer"], "correct": s[0] > max(s[1:]), "logliks": s}
+               for p, s in zip(probes, scores)]
     return {"acc": sum(r["correct"] for r in results) / len(results), "n": len(results), "results": results}
 
 
@@ -150,3 +172,26 @@ def greedy_completions(model, tokenizer, prompts, max_new_tokens=24):
         out[prompt] = tokenizer.decode(generated[0, ids.shape[1]:], skip_special_tokens=True)
     model.train(was_training)
     return out
+
+
+def read_texts(path):
+    """The documents of an evaluation file, read and cleaned exactly as training data is."""
+    from data_utils import clean_documents, read_documents
+
+    return list(clean_documents(read_documents(path), Counter()))
+
+
+def evaluate_model(model, tokenizer, eval_files=None, probe_files=None, prompts=(), block_size=None, batch_size=8):
+    """Every figure for one model: {"<set>_bpb"/"_loss"/"_perplexity" per eval file, "probes_<name>_acc" per
+    probe file, "completions": {prompt: text}, "probe_results": {...}}."""
+    report = {}
+    for name, path in (eval_files or {}).items():
+        result = bits_per_byte(model, tokenizer, read_texts(path), block_size, batch_size, desc=f"{name} bpb")
+        report.update({f"{name}_{k}": v for k, v in result.items()})
+    report["probe_results"] = {}
+    for name, path in (probe_files or {}).items():
+        result = probe_accuracy(model, tokenizer, read_probes(path), desc=f"{name} probes")
+        report[f"probes_{name}_acc"] = result["acc"]
+        report["probe_results"][name] = result["results"]
+    report["completions"] = greedy_completions(model, tokenizer, prompts) if prompts else {}
+    return report

@@ -79,8 +79,11 @@ def test_choice_logliks_and_probe_accuracy(model, tiny_tokenizer, tmp_path):
 
 def test_bad_probe_file_names_the_line(tmp_path):
     path = tmp_path / "p.jsonl"
-    path.write_text('{"prompt": "a", "answer": "b", "distractors": []}\n{"prompt": "a"}\n')
+    path.write_text('{"prompt": "a", "answer": "b", "distractors": ["c"]}\n{"prompt": "a"}\n')
     with pytest.raises(UserError, match=r"p.jsonl:2: a probe needs .* missing answer, distractors"):
+        read_probes(str(path))
+    path.write_text('{"prompt": "a", "answer": "b", "distractors": []}\n')
+    with pytest.raises(UserError, match=r"p.jsonl:1: distractors must be a non-empty list"):
         read_probes(str(path))
 
 

@@ -1,0 +1,74 @@
+"""The demo: teach the offline SmolLM2-135M new facts (and some Vietnamese), and show before and after.
+
+    python examples/demo/run_demo.py [--output_dir outputs/demo] [--model .cache/smollm2] [pretrain.py flags]
+
+1. evaluates the base model: knowledge probes (corpus wording and held-out wording), bits per byte on
+   held-out domain and general text, greedy completions;
+2. trains with pretrain.py on examples/demo/demo.yaml (extra flags override it);
+3. evaluates the trained model on the same sets;
+4. writes report.json, report.md and PNG plots to the output folder, prints a before/after table, and
+   prints the output folder as its very last line.
+"""
+
+import argparse
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, ROOT)
+
+from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+
+import pretrain  # noqa: E402
+import report_utils  # noqa: E402
+from eval_utils import evaluate_model  # noqa: E402
+
+EVAL_FILES = {"domain": "eval/domain_heldout.jsonl", "general": "eval/general_heldout.jsonl"}
+PROBE_FILES = {"seen": "eval/probes_seen.jsonl", "heldout": "eval/probes_heldout.jsonl"}
+PROMPTS = ["Morvantis Robotics was founded by", "The Skylark X2 is", "Question: Who runs Morvantis Robotics today "
+           "as its top executive? Answer:", "Trụ sở chính của Morvantis Robotics đặt tại"]
+KEYS = ["probes_seen_acc", "probes_heldout_acc", "domain_bpb", "general_bpb", "domain_loss", "general_loss"]
+
+
+def evaluate(model, tokenizer):
+    return evaluate_model(model, tokenizer, {k: os.path.join(HERE, v) for k, v in EVAL_FILES.items()},
+                          {k: os.path.join(HERE, v) for k, v in PROBE_FILES.items()}, PROMPTS, block_size=256)
+
+
+def print_table(before, after):
+    print(f"\n{'figure':<20}{'before':>10}{'after':>10}")
+    for key in KEYS:
+        print(f"{key:<20}{before[key]:>10.4f}{after[key]:>10.4f}")
+    for prompt, text in after["completions"].items():
+        print(f"\n{prompt}\n  before: {before['completions'][prompt]!r}\n  after:  {text!r}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
+    parser.add_argument("--output_dir", default=os.path.join(ROOT, "outputs", "demo"))
+    parser.add_argument("--model", default=os.path.join(ROOT, ".cache", "smollm2"))
+    args, train_flags = parser.parse_known_args(argv)
+    out = os.path.abspath(args.output_dir)
+
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    before = evaluate(AutoModelForCausalLM.from_pretrained(args.model), tokenizer)
+    trainer = pretrain.main([os.path.join(HERE, "demo.yaml"), "--model_name_or_path", args.model,
+                             "--output_dir", os.path.join(out, "model"), *train_flags])
+    after = evaluate(trainer.model, trainer.processing_class)
+
+    plots = [report_utils.plot_training(trainer.state.log_history, os.path.join(out, "training.png"),
+                                        "Demo training: loss and held-out bits per byte"),
+             report_utils.plot_before_after(before, after, KEYS[:4], os.path.join(out, "before_after.png"))]
+    report_utils.write_report(out, before, after, KEYS, plots)
+    print_table(before, after)
+    print(out)
+    return before, after
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except pretrain.UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

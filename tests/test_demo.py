@@ -1,0 +1,80 @@
+"""The demo's corpus and report code; the demo run itself is the slow test at the end."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import report_utils
+from conftest import ROOT
+
+DEMO = os.path.join(ROOT, "examples", "demo")
+sys.path.insert(0, DEMO)
+import make_corpus  # noqa: E402
+
+
+def read_jsonl(path):
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def test_committed_corpus_is_what_the_generator_writes(tmp_path):
+    make_corpus.main(str(tmp_path))
+    for sub in ("corpus", "eval"):
+        for name in os.listdir(tmp_path / sub):
+            assert (tmp_path / sub / name).read_text(encoding="utf-8") == open(
+                os.path.join(DEMO, sub, name), encoding="utf-8").read(), f"{sub}/{name} is stale: run make_corpus.py"
+
+
+def test_corpus_states_each_fact_five_ways_and_never_uses_the_heldout_wording():
+    facts = make_corpus.facts()
+    assert len(facts) >= 40 and len({(r, s) for r, s, _, _ in facts}) == len(facts)
+    training = [d["text"] for d in read_jsonl(os.path.join(DEMO, "corpus", "morvantis.jsonl"))]
+    for relation, subject, answer, distractors in facts:
+        assert answer not in distractors and len(set(distractors)) == 3
+        stated = [make_corpus.statement(relation, subject, answer, lang, style)
+                  for lang, styles in (("en", 3), ("vi", 2)) for style in range(styles)]
+        assert len(set(stated)) == 5 and all(any(s in doc for doc in training) for s in stated)
+    for probe in read_jsonl(os.path.join(DEMO, "eval", "probes_heldout.jsonl")):
+        question = probe["prompt"].split(": ", 1)[1].rsplit(" ", 2)[0]  # the wording between the labels
+        assert not any(question in doc for doc in training), question
+    seen = read_jsonl(os.path.join(DEMO, "eval", "probes_seen.jsonl"))
+    assert all(any(p["prompt"] + p["answer"] in doc for doc in training) for p in seen)
+
+
+def test_curves_and_plots_and_report(tmp_path):
+    history = [{"loss": 3.0, "step": 5}, {"eval_domain_loss": 2.0, "eval_domain_bpb": 1.1, "step": 10},
+               {"loss": 2.5, "step": 10}, {"eval_domain_bpb": 0.9, "step": 20}, {"train_runtime": 9.0, "step": 20}]
+    assert report_utils.curves(history) == {"loss": [(5, 3.0), (10, 2.5)], "eval_domain_loss": [(10, 2.0)],
+                                            "eval_domain_bpb": [(10, 1.1), (20, 0.9)]}
+    before, after = {"a_acc": 0.25, "b_bpb": 1.2, "completions": {"p": "x"}}, {"a_acc": 1.0, "b_bpb": 1.1,
+                                                                               "completions": {"p": "y"}}
+    plots = [report_utils.plot_training(history, str(tmp_path / "t.png")),
+             report_utils.plot_before_after(before, after, ["a_acc", "b_bpb"], str(tmp_path / "b.png"))]
+    for plot in plots:
+        assert open(plot, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    report_utils.write_report(str(tmp_path), before, after, ["a_acc", "b_bpb"], plots)
+    assert json.loads((tmp_path / "report.json").read_text())["after"]["a_acc"] == 1.0
+    md = (tmp_path / "report.md").read_text()
+    assert "| a_acc | 0.2500 | 1.0000 | +0.7500 |" in md and "![t.png](t.png)" in md and "after: 'y'" in md
+
+
+@pytest.mark.slow
+def test_demo_run_moves_every_figure_the_right_way(smollm2_dir, tmp_path):
+    """The demo, with fewer epochs: probes up, domain bits per byte down, general bits per byte about even."""
+    out = tmp_path / "demo"
+    proc = subprocess.run([sys.executable, os.path.join(DEMO, "run_demo.py"), "--output_dir", str(out),
+                           "--model", smollm2_dir, "--num_train_epochs", "3", "--data_cache_dir",
+                           str(tmp_path / "cache")], capture_output=True, text=True, cwd=tmp_path, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == str(out)
+    report = json.loads((out / "report.json").read_text())
+    before, after = report["before"], report["after"]
+    assert after["probes_seen_acc"] > before["probes_seen_acc"] + 0.3
+    assert after["probes_heldout_acc"] > before["probes_heldout_acc"]
+    assert after["domain_bpb"] < before["domain_bpb"]
+    assert after["general_bpb"] < before["general_bpb"] * 1.03
+    for png in ("training.png", "before_after.png"):
+        assert (out / png).stat().st_size > 10000
