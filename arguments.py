@@ -249,6 +249,11 @@ class PretrainTrainingArguments(TrainingArguments):
     full_finetuning: bool = field(
         default=False, metadata={"help": "Train all weights and save a full model instead of a LoRA adapter."}
     )
+    freeze_modules: Optional[str] = field(
+        default=None,
+        metadata={"help": "With --full_finetuning: comma-separated modules whose weights stay fixed, e.g. "
+                  "embed_tokens (tied output embeddings stay fixed with it)."},
+    )
     debug_mode: bool = field(
         default=False,
         metadata={"help": "Quick check of a setup: read at most 1000 documents and log the first training row "
@@ -291,6 +296,9 @@ class PretrainTrainingArguments(TrainingArguments):
                 raise UserError(f"--lora_dropout {self.lora_dropout}: must be in [0, 1)")
         elif self.peft_path:
             raise UserError("--peft_path continues a LoRA adapter; it cannot be combined with --full_finetuning")
+        if self.freeze_modules and not self.full_finetuning:
+            raise UserError("--freeze_modules applies to --full_finetuning; with LoRA only --trainable and "
+                            "--modules_to_save are trained")
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available() and not self.use_cpu:
             # Without it the Trainer does not wrap the model in DDP on a machine with no accelerator, and every
             # process would silently train alone on its own copy.

@@ -156,14 +156,14 @@ def check_attention(model_args, training_args):
 def check_lora_modules(config, training_args):
     """Every --trainable and --modules_to_save name must be a module of the model (checked on the meta device,
     before any weight is loaded)."""
-    if training_args.full_finetuning or training_args.peft_path:
+    if training_args.peft_path or (training_args.full_finetuning and not training_args.freeze_modules):
         return
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules() if name}
     linear = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules()
                      if isinstance(m, torch.nn.Linear) and name})
-    for flag in ("trainable", "modules_to_save"):
+    for flag in ("freeze_modules",) if training_args.full_finetuning else ("trainable", "modules_to_save"):
         missing = [m for m in split_list(getattr(training_args, flag)) if m not in names]
         if missing:
             raise UserError(f"--{flag}: the model has no module {', '.join(missing)}; its linear modules are "
@@ -212,6 +212,15 @@ def add_lora(model, training_args):
         lora_alpha=training_args.lora_alpha, lora_dropout=training_args.lora_dropout,
         modules_to_save=modules_to_save, ensure_weight_tying=tied and modules_to_save is not None)
     return get_peft_model(model, lora_config)
+
+
+def freeze(model, module_names):
+    """Fix the weights of every module with one of these names (full fine-tuning keeps training the rest)."""
+    names = set(split_list(module_names))
+    for name, param in model.named_parameters():
+        if names & set(name.split(".")):
+            param.requires_grad_(False)
+    return model
 
 
 def log_trainable(model):
@@ -317,7 +326,9 @@ def main(argv=None):
                                                              block_size)
 
     model = load_model(model_args, config, tokenizer)
-    if not training_args.full_finetuning:
+    if training_args.full_finetuning:
+        freeze(model, training_args.freeze_modules)
+    else:
         model = add_lora(model, training_args)
     log_trainable(model)
     trainer = PretrainTrainer(model=model, args=training_args, train_dataset=train_dataset,

@@ -271,3 +271,16 @@ def test_named_eval_sets_log_loss_perplexity_and_bits_per_byte(tiny_model_dir, c
     assert metrics["eval_general_bpb"] == pytest.approx(exact["bpb"], rel=0.15)
     with pytest.raises(UserError, match="--eval_files 'domain': expected name=path"):
         run(tiny_model_dir, corpus_dir, tmp_path / "bad", "--eval_files", "domain")
+
+
+def test_freeze_modules_keeps_those_weights_in_full_finetuning(tiny_model_dir, corpus_dir, tmp_path):
+    run(tiny_model_dir, corpus_dir, tmp_path / "frozen", "--full_finetuning", "--freeze_modules", "embed_tokens")
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    trained = AutoModelForCausalLM.from_pretrained(tmp_path / "frozen")
+    assert torch.equal(trained.model.embed_tokens.weight, base.model.embed_tokens.weight)
+    assert torch.equal(trained.lm_head.weight, base.lm_head.weight)  # tied: fixed with it
+    assert not torch.equal(trained.model.layers[0].mlp.up_proj.weight, base.model.layers[0].mlp.up_proj.weight)
+    with pytest.raises(UserError, match="--freeze_modules: the model has no module embeddings"):
+        run(tiny_model_dir, corpus_dir, tmp_path / "x", "--full_finetuning", "--freeze_modules", "embeddings")
+    with pytest.raises(UserError, match="--freeze_modules applies to --full_finetuning"):
+        run(tiny_model_dir, corpus_dir, tmp_path / "y", "--freeze_modules", "embed_tokens")

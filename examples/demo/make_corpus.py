@@ -249,8 +249,8 @@ def main(root=HERE):
     os.makedirs(corpus, exist_ok=True)
     os.makedirs(evaluation, exist_ok=True)
     domain = training_documents()
-    # Replay: general English the model already knew, about a fifth of the training text.
-    general = first_chars(stdlib_corpus.stdlib_documents(stdlib_corpus.MODULES[:12]), sum(map(len, domain)) // 3)
+    # Replay: general English the model already knew, as much as the domain text.
+    general = first_chars(stdlib_corpus.stdlib_documents(stdlib_corpus.MODULES[:12]), sum(map(len, domain)))
     write_jsonl(os.path.join(corpus, "morvantis.jsonl"), [{"text": d} for d in domain])
     write_jsonl(os.path.join(corpus, "replay_general.jsonl"), [{"text": d} for d in general])
     write_jsonl(os.path.join(evaluation, "domain_heldout.jsonl"), [{"text": d} for d in heldout_domain_documents()])
