@@ -240,7 +240,8 @@ def last_complete_checkpoint(folder):
         if os.path.isfile(os.path.join(path, COMPLETE_MARKER)):
             return path
         logger.warning("%s was not finished (the run stopped while saving); renamed to %s.incomplete", path, name)
-        os.replace(path, path + ".incomplete")
+        with contextlib.suppress(FileNotFoundError):  # another process of the run renamed it first
+            os.replace(path, path + ".incomplete")
     return None
 
 
@@ -266,19 +267,14 @@ def select_rows(dataset, limit):
 
 
 def eval_sets(prepared, stats, data_args):
-    """The eval dataset(s) for the Trainer and their sizes for bits per byte: the held-out split alone, or
-    it and every --eval_files set by name."""
-    named = {name: select_rows(prepared[f"eval_{name}"], data_args.max_eval_samples)
-             for name in data_args.named_eval_files}
-    if "validation" in prepared:
-        validation = select_rows(prepared["validation"], data_args.max_eval_samples)
-        if not named:
-            return validation, {"eval": scored_sizes(validation, stats, "validation")}
-        named = {"validation": validation, **named}
-    if not named:
-        return None, {}
-    split = {name: "validation" if name == "validation" else f"eval_{name}" for name in named}
-    return named, {f"eval_{name}": scored_sizes(ds, stats, split[name]) for name, ds in named.items()}
+    """The eval dataset for the Trainer (the held-out split alone, or it and every --eval_files set by name)
+    and each set's (scored tokens, bytes) by metric prefix, for bits per byte."""
+    splits = {"validation": "validation"} if "validation" in prepared else {}
+    splits.update({name: f"eval_{name}" for name in data_args.named_eval_files})
+    sets = {name: select_rows(prepared[split], data_args.max_eval_samples) for name, split in splits.items()}
+    if not data_args.named_eval_files:  # one unnamed set: metrics are eval_loss, eval_bpb, ...
+        return sets.get("validation"), {"eval": scored_sizes(sets["validation"], stats, "validation")} if sets else {}
+    return sets, {f"eval_{name}": scored_sizes(sets[name], stats, split) for name, split in splits.items()}
 
 
 def scored_sizes(dataset, stats, split):
@@ -287,7 +283,7 @@ def scored_sizes(dataset, stats, split):
     return tokens, stats[f"{split}_bytes"] * tokens / max(stats[f"{split}_scored_tokens"], 1)
 
 
-def build_datasets(model_args, data_args, training_args, tokenizer, block_size):
+def build_datasets(data_args, training_args, tokenizer, block_size):
     """(train dataset, eval dataset or {name: dataset}, {metric prefix: (scored tokens, bytes)})."""
     sizes = {}
     if data_args.streaming:
@@ -322,8 +318,7 @@ def main(argv=None):
     check_lora_modules(config, training_args)
     check_attention(model_args, training_args)
     resume = checkpoint_to_resume(training_args)
-    train_dataset, eval_dataset, eval_sizes = build_datasets(model_args, data_args, training_args, tokenizer,
-                                                             block_size)
+    train_dataset, eval_dataset, eval_sizes = build_datasets(data_args, training_args, tokenizer, block_size)
 
     model = load_model(model_args, config, tokenizer)
     if training_args.full_finetuning:
