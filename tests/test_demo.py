@@ -72,7 +72,7 @@ def test_demo_run_moves_every_figure_the_right_way(smollm2_dir, tmp_path):
     assert proc.stdout.strip().splitlines()[-1] == str(out)
     report = json.loads((out / "report.json").read_text())
     before, after = report["before"], report["after"]
-    assert after["probes_seen_acc"] > before["probes_seen_acc"] + 0.3
+    assert after["probes_seen_acc"] > before["probes_seen_acc"] + 0.05
     assert after["probes_heldout_acc"] > before["probes_heldout_acc"]
     assert after["domain_bpb"] < before["domain_bpb"]
     assert after["general_bpb"] < before["general_bpb"] * 1.03
