@@ -53,7 +53,11 @@ def main(argv=None):
 
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     before = evaluate(AutoModelForCausalLM.from_pretrained(args.model), tokenizer)
+    # The config's paths are relative to the repository; give them absolute so the demo runs from anywhere.
     trainer = pretrain.main([os.path.join(HERE, "demo.yaml"), "--model_name_or_path", args.model,
+                             "--dataset_dir", os.path.join(HERE, "corpus"),
+                             "--eval_files", ",".join(f"{k}={os.path.join(HERE, v)}" for k, v in EVAL_FILES.items()),
+                             "--data_cache_dir", os.path.join(ROOT, ".cache", "prepared"),
                              "--output_dir", os.path.join(out, "model"), *train_flags])
     after = evaluate(trainer.model, trainer.processing_class)
 
