@@ -9,6 +9,7 @@
 - Greedy completions of a few prompts, to read.
 """
 
+import contextlib
 import json
 import math
 from collections import Counter
@@ -19,6 +20,17 @@ from tqdm.auto import tqdm
 
 from arguments import UserError
 from data_utils import IGNORE_INDEX, PackedCollator
+
+
+@contextlib.contextmanager
+def eval_mode(model):
+    """Evaluate without dropout, then leave the model in the mode it was in (training may go on)."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 def document_start_token(tokenizer):
@@ -66,14 +78,12 @@ def batched_nll(model, tokenizer, windows, batch_size, desc):
     """token_nll over many windows, batch by batch, longest first, with a progress bar; in input order."""
     order = sorted(range(len(windows)), key=lambda i: -len(windows[i][0]))  # similar lengths: little padding
     nats, tokens = [0.0] * len(windows), [0] * len(windows)
-    was_training = model.training
-    model.eval()
-    for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False):
-        chunk = order[start:start + batch_size]
-        chunk_nats, chunk_tokens = token_nll(model, [windows[i] for i in chunk], tokenizer.pad_token_id or 0)
-        for i, n, t in zip(chunk, chunk_nats, chunk_tokens):
-            nats[i], tokens[i] = n, t
-    model.train(was_training)
+    with eval_mode(model):
+        for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False):
+            chunk = order[start:start + batch_size]
+            chunk_nats, chunk_tokens = token_nll(model, [windows[i] for i in chunk], tokenizer.pad_token_id or 0)
+            for i, n, t in zip(chunk, chunk_nats, chunk_tokens):
+                nats[i], tokens[i] = n, t
     return nats, tokens
 
 
@@ -158,19 +168,17 @@ def probe_accuracy(model, tokenizer, probes, batch_size=32, desc="probes"):
 
 def greedy_completions(model, tokenizer, prompts, max_new_tokens=24):
     """{prompt: greedy continuation} (no sampling, so the same every run)."""
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     out = {}
-    for prompt in prompts:
-        ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
-        ids = torch.cat([torch.tensor([[document_start_token(tokenizer)]]), ids], dim=1).to(device)
-        with torch.no_grad():
-            generated = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                       max_new_tokens=max_new_tokens, use_cache=True,
-                                       pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
-        out[prompt] = tokenizer.decode(generated[0, ids.shape[1]:], skip_special_tokens=True)
-    model.train(was_training)
+    with eval_mode(model):
+        for prompt in prompts:
+            ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
+            ids = torch.cat([torch.tensor([[document_start_token(tokenizer)]]), ids], dim=1).to(device)
+            with torch.no_grad():
+                generated = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                           max_new_tokens=max_new_tokens, use_cache=True,
+                                           pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+            out[prompt] = tokenizer.decode(generated[0, ids.shape[1]:], skip_special_tokens=True)
     return out
 
 
