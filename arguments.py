@@ -18,6 +18,7 @@ from typing import Optional
 import torch
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
+from transformers.trainer_utils import IntervalStrategy, SchedulerType
 
 logger = logging.getLogger(__name__)
 
@@ -273,6 +274,32 @@ class PretrainTrainingArguments(TrainingArguments):
         default=False,
         metadata={"help": "Start fresh even if output_dir holds checkpoints. Off: resume from the last one."},
     )
+    min_lr_ratio: Optional[float] = field(
+        default=None,
+        metadata={"help": "Learning-rate floor at the end of the schedule, as a fraction of --learning_rate (e.g. "
+                  "0.1). With --lr_scheduler_type cosine it selects transformers' cosine_with_min_lr; with "
+                  "warmup_stable_decay it is where the decay ends. Off: the schedule decays to 0."},
+    )
+    min_lr: Optional[float] = field(
+        default=None, metadata={"help": "The same floor as an absolute learning rate; give one of the two."}
+    )
+    decay_ratio: float = field(
+        default=0.2,
+        metadata={"help": "With --lr_scheduler_type warmup_stable_decay: fraction of the steps spent in the final "
+                  "decay (warmup, then a constant learning rate, then this decay)."},
+    )
+    init_from_checkpoint: Optional[str] = field(
+        default=None,
+        metadata={"help": "Start a new run from the weights of another run's checkpoint or output folder (a full "
+                  "model or a LoRA adapter): new optimizer, step 0, and the learning rate warms up again, as "
+                  "advised when continuing after an annealed run. --resume_from_checkpoint instead continues the "
+                  "same run where it stopped."},
+    )
+    eval_on_start: Optional[bool] = field(
+        default=None,
+        metadata={"help": "Evaluate before the first training step too: the 'before' of the end-of-training "
+                  "report. Default: on whenever --eval_strategy is not no."},
+    )
 
     def __post_init__(self):
         if self.fp16 and not torch.cuda.is_available():
@@ -309,7 +336,49 @@ class PretrainTrainingArguments(TrainingArguments):
             self.label_names = ["labels"]
         if self.peft_path and not os.path.isfile(os.path.join(self.peft_path, "adapter_config.json")):
             raise UserError(f"--peft_path {self.peft_path}: no adapter_config.json there; give a LoRA adapter folder")
+        self._check_init_from_checkpoint()
+        if self.eval_on_start is None:
+            self.eval_on_start = self.eval_strategy not in ("no", IntervalStrategy.NO)
         super().__post_init__()
+        self._resolve_schedule()
+
+    def _check_init_from_checkpoint(self):
+        path = self.init_from_checkpoint
+        if not path:
+            return
+        if self.resume_from_checkpoint:
+            raise UserError("--init_from_checkpoint starts a new run and --resume_from_checkpoint continues an old "
+                            "one; give one of them")
+        is_adapter = os.path.isfile(os.path.join(path, "adapter_config.json"))
+        if not is_adapter and not os.path.isfile(os.path.join(path, "config.json")):
+            raise UserError(f"--init_from_checkpoint {path}: neither a model (config.json) nor a LoRA adapter "
+                            "(adapter_config.json) is there")
+        if is_adapter and self.full_finetuning:
+            raise UserError(f"--init_from_checkpoint {path} holds a LoRA adapter; drop --full_finetuning to go on "
+                            "training it, or merge it first with merge_lora.py")
+        if is_adapter and self.peft_path:
+            raise UserError("--init_from_checkpoint and --peft_path both name an adapter to continue; keep one")
+
+    def _resolve_schedule(self):
+        """--min_lr/--min_lr_ratio/--decay_ratio as the transformers schedulers' own arguments."""
+        if self.min_lr is not None and self.min_lr_ratio is not None:
+            raise UserError("--min_lr and --min_lr_ratio both given; keep one")
+        floor = self.min_lr_ratio if self.min_lr is None else self.min_lr / self.learning_rate
+        kind = SchedulerType(self.lr_scheduler_type)
+        self.lr_scheduler_kwargs = dict(self.lr_scheduler_kwargs or {})
+        if kind == SchedulerType.WARMUP_STABLE_DECAY:
+            if not 0 < self.decay_ratio <= 1:
+                raise UserError(f"--decay_ratio {self.decay_ratio}: must be in (0, 1]")
+            if floor is not None:
+                self.lr_scheduler_kwargs.setdefault("min_lr_ratio", floor)
+        elif floor is not None:
+            if kind == SchedulerType.COSINE:
+                logger.info("--lr_scheduler_type cosine with a floor: using cosine_with_min_lr")
+                self.lr_scheduler_type = SchedulerType.COSINE_WITH_MIN_LR
+            elif kind != SchedulerType.COSINE_WITH_MIN_LR:
+                raise UserError(f"--min_lr/--min_lr_ratio apply to the cosine and warmup_stable_decay schedules, not "
+                                f"{kind.value}; set --lr_scheduler_type cosine")
+            self.lr_scheduler_kwargs.setdefault("min_lr_rate", floor)
 
 
 DATACLASSES = (ModelArguments, DataArguments, PretrainTrainingArguments)

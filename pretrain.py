@@ -18,8 +18,9 @@ import datasets
 import torch
 import transformers
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Trainer
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, SchedulerType
 
+import report_utils
 from arguments import UserError, parse_args, split_list
 from data_utils import PackedCollator, list_data_files, prepare_datasets, streaming_datasets
 
@@ -51,6 +52,13 @@ class PretrainTrainer(Trainer):
         if self.args.should_save:
             folder = os.path.join(self._get_output_dir(trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
             open(os.path.join(folder, COMPLETE_MARKER), "w").close()
+
+    def create_scheduler(self, num_training_steps, optimizer=None):
+        # warmup_stable_decay needs its decay length in steps; --decay_ratio gives it as a share of the run
+        if self.lr_scheduler is None and self.args.lr_scheduler_type == SchedulerType.WARMUP_STABLE_DECAY:
+            self.args.lr_scheduler_kwargs.setdefault(
+                "num_decay_steps", max(1, round(self.args.decay_ratio * num_training_steps)))
+        return super().create_scheduler(num_training_steps, optimizer)
 
     def log(self, logs, start_time=None):
         # evaluate() logs and returns the same dict, so the perplexity lands in both
@@ -309,9 +317,24 @@ def build_datasets(data_args, training_args, tokenizer, block_size):
     return train, validation, sizes
 
 
+def start_from_checkpoint(model_args, training_args):
+    """--init_from_checkpoint: the weights come from another run's folder (a full model, or an adapter over
+    --model_name_or_path); optimizer, step count and schedule start anew, so the learning rate warms up again."""
+    path = training_args.init_from_checkpoint
+    if not path:
+        return
+    logger.info("New run from the weights in %s: fresh optimizer and schedule (the learning rate warms up again)",
+                path)
+    if os.path.isfile(os.path.join(path, "adapter_config.json")):
+        training_args.peft_path = path
+    else:
+        model_args.model_name_or_path, model_args.gguf_file = path, None
+
+
 def main(argv=None):
     model_args, data_args, training_args = parse_args(argv)
     setup_logging(training_args)
+    start_from_checkpoint(model_args, training_args)
     config = load_config(model_args)
     tokenizer = load_tokenizer(model_args)
     block_size = resolve_block_size(data_args.block_size, config)
@@ -340,6 +363,9 @@ def main(argv=None):
         metrics = trainer.evaluate()
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
+    if training_args.do_train and trainer.is_world_process_zero():
+        report = report_utils.write_training_report(training_args.output_dir, trainer.state.log_history)
+        logger.info("Report: %s", report)
     return trainer
 
 

@@ -12,31 +12,33 @@ HIGHER_IS_BETTER = ("_acc",)
 
 
 def curves(log_history):
-    """{metric: [(step, value), ...]} of the training loss and of every eval_* figure in a Trainer's log."""
+    """{metric: [(step, value), ...]} of the training loss, the learning rate and every eval_* loss and bits per
+    byte in a Trainer's log."""
     out = {}
     for entry in log_history:
         for key, value in entry.items():
-            if key == "loss" or (key.startswith("eval_") and key.endswith(("_loss", "_bpb"))):
+            if key in ("loss", "learning_rate") or (key.startswith("eval_") and key.endswith(("_loss", "_bpb"))):
                 out.setdefault(key, []).append((entry["step"], value))
     return out
 
 
 def plot_training(log_history, path, title="Training"):
-    """Training loss (left) and each eval set's bits per byte, or loss when bpb is absent (right), by step."""
+    """Training loss, learning rate and each eval set's bits per byte (loss when bpb is absent), by step."""
     series = curves(log_history)
     evals = {k: v for k, v in series.items() if k.endswith("_bpb")} or {
         k: v for k, v in series.items() if k.startswith("eval_")}
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    if "loss" in series:
-        left.plot(*zip(*series["loss"]), marker=".", color="tab:blue")
-    left.set(title="training loss", xlabel="step", ylabel="loss (nats/token)")
+    fig, (loss, lr, held_out) = plt.subplots(1, 3, figsize=(15, 4))
+    for ax, key, label in ((loss, "loss", "training loss (nats/token)"), (lr, "learning_rate", "learning rate")):
+        if key in series:
+            ax.plot(*zip(*series[key]), marker=".", color="tab:blue")
+        ax.set(title=label, xlabel="step")
     for key, points in sorted(evals.items()):
-        right.plot(*zip(*points), marker="o", label=key.removeprefix("eval_"))
-    right.set(title="held-out sets", xlabel="step", ylabel="bits per byte" if any(k.endswith("_bpb") for k in evals)
-              else "loss")
+        held_out.plot(*zip(*points), marker="o", label=key.removeprefix("eval_"))
+    held_out.set(title="held-out sets", xlabel="step",
+                 ylabel="bits per byte" if any(k.endswith("_bpb") for k in evals) else "loss")
     if evals:
-        right.legend()
-    for ax in (left, right):
+        held_out.legend()
+    for ax in (loss, lr, held_out):
         ax.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
@@ -51,7 +53,8 @@ def plot_before_after(before, after, keys, path, title="Before and after"):
     for ax, key in zip(axes if len(keys) > 1 else [axes], keys):
         bars = ax.bar(["before", "after"], [before[key], after[key]], color=["tab:gray", "tab:green"])
         ax.bar_label(bars, fmt="%.3f")
-        ax.set_title(key + (" (higher is better)" if key.endswith(HIGHER_IS_BETTER) else " (lower is better)"),
+        change = f", {after[key] / before[key] - 1:+.1%}" if before[key] else ""
+        ax.set_title(f"{key}{change}\n" + ("higher is better" if key.endswith(HIGHER_IS_BETTER) else "lower is better"),
                      fontsize=9)
         ax.set_ylim(0, max(before[key], after[key]) * 1.25 or 1)
     fig.suptitle(title)
@@ -69,12 +72,12 @@ def summary_table(before, after, keys):
     return "\n".join(lines)
 
 
-def write_report(output_dir, before, after, keys, plots, extra_md=""):
-    """report.json ({"before", "after"}) and report.md (table, plots, completions) in output_dir."""
+def write_report(output_dir, before, after, keys, plots, extra_md="", title="Before and after", extra=None):
+    """report.json ({"before", "after"} and any extra fields) and report.md (table, plots, completions)."""
     os.makedirs(output_dir, exist_ok=True)
     with open(os.path.join(output_dir, "report.json"), "w", encoding="utf-8") as f:
-        json.dump({"before": before, "after": after}, f, indent=1, ensure_ascii=False)
-    md = ["# Before and after", "", summary_table(before, after, keys), ""]
+        json.dump({"before": before, "after": after, **(extra or {})}, f, indent=1, ensure_ascii=False)
+    md = ["# " + title, "", summary_table(before, after, keys), ""]
     md += [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in plots]
     prompts = list(before.get("completions", {}))
     if prompts:
@@ -86,3 +89,41 @@ def write_report(output_dir, before, after, keys, plots, extra_md=""):
     with open(os.path.join(output_dir, "report.md"), "w", encoding="utf-8") as f:
         f.write("\n".join(md))
     return os.path.join(output_dir, "report.md")
+
+
+def first_and_last_eval(log_history):
+    """(step, figures) of the first and the last evaluation in a Trainer's log (each eval set logs its own entry),
+    figures named by set: eval_domain_bpb -> domain_bpb; the unnamed held-out split's eval_loss ->
+    validation_loss. (None, None) if nothing was evaluated."""
+    by_step = {}
+    for entry in log_history:
+        for key, value in entry.items():
+            if key.startswith("eval_") and key.endswith(("_loss", "_bpb", "_perplexity")):
+                name = key.removeprefix("eval_")
+                name = "validation_" + name if name in ("loss", "bpb", "perplexity") else name
+                by_step.setdefault(entry["step"], {})[name] = value
+    if not by_step:
+        return None, None
+    return (min(by_step), by_step[min(by_step)]), (max(by_step), by_step[max(by_step)])
+
+
+def write_training_report(output_dir, log_history, title="Training report"):
+    """report.md, report.json and PNG plots of a training run from its log: the curves, and the first vs the
+    last evaluation (with --eval_on_start the first is the model before training)."""
+    plots = [plot_training(log_history, os.path.join(output_dir, "training.png"), title)]
+    first, last = first_and_last_eval(log_history)
+    if first is None or first[0] == last[0]:
+        md = ["# " + title, "", "No evaluation before and after training to compare: add --eval_files or "
+              "--validation_split_percentage, with --eval_strategy steps.", ""]
+        md += [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in plots]
+        with open(os.path.join(output_dir, "report.md"), "w", encoding="utf-8") as f:
+            f.write("\n".join(md) + "\n")
+        return os.path.join(output_dir, "report.md")
+    (before_step, before), (after_step, after) = first, last
+    keys = sorted(k for k in before if k in after and k.endswith("_bpb")) or sorted(
+        k for k in before if k in after and k.endswith("_loss"))
+    plots.append(plot_before_after(before, after, keys, os.path.join(output_dir, "before_after.png"),
+                                   f"Held-out sets at step {before_step} and step {after_step}"))
+    keys += sorted(k for k in before if k in after and k.endswith("_loss") and k not in keys)
+    return write_report(output_dir, before, after, keys, plots, title=title,
+                        extra={"before_step": before_step, "after_step": after_step})

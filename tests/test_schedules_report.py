@@ -1,0 +1,98 @@
+"""Learning-rate schedules for continued pretraining (a floor, warmup-stable-decay, re-warming from another
+run's weights) and the report written at the end of training; tiny random Llama, seconds each."""
+
+import json
+import os
+
+import pytest
+from safetensors.torch import load_file
+
+from arguments import UserError, parse_args
+from test_pretrain import run
+
+
+def lrs(trainer):
+    return [e["learning_rate"] for e in trainer.state.log_history if "learning_rate" in e]
+
+
+@pytest.mark.parametrize("floor", [None, ["--min_lr_ratio", "0.1"], ["--min_lr", "1e-3"]])
+def test_cosine_with_a_floor_never_goes_below_it(floor, tiny_model_dir, corpus_dir, tmp_path):
+    trainer = run(tiny_model_dir, corpus_dir, tmp_path / "out", "--max_steps", "8", "--lr_scheduler_type", "cosine",
+                  *(floor or []))
+    if floor is None:  # the control: plain cosine decays towards 0
+        assert min(lrs(trainer)) < 1e-3
+    else:
+        assert 1e-3 * (1 - 1e-9) <= min(lrs(trainer)) < 1.5e-3  # decays to the floor, not below it
+
+
+def test_warmup_stable_decay_holds_the_peak_then_decays_for_decay_ratio_of_the_steps(tiny_model_dir, corpus_dir,
+                                                                                     tmp_path):
+    trainer = run(tiny_model_dir, corpus_dir, tmp_path / "out", "--max_steps", "10", "--warmup_steps", "2",
+                  "--lr_scheduler_type", "warmup_stable_decay", "--decay_ratio", "0.3", "--min_lr_ratio", "0.1")
+    rates = lrs(trainer)
+    assert rates[0] < 1e-2  # warming up
+    assert rates.count(1e-2) >= 4  # stable at the peak
+    decay = rates[len(rates) - 1 - rates[::-1].index(1e-2) + 1:]
+    assert trainer.args.lr_scheduler_kwargs["num_decay_steps"] == 3  # 0.3 x 10 steps; the last ends at the floor
+    assert decay and decay == sorted(decay, reverse=True) and min(decay) > 1e-3
+
+
+def validation_loss_at(trainer, which):
+    return [e["eval_loss"] for e in trainer.state.log_history if "eval_loss" in e][which]
+
+
+@pytest.mark.parametrize("kind", ["full", "lora"])
+def test_init_from_checkpoint_starts_from_its_weights_and_warms_up_again(kind, tiny_model_dir, corpus_dir, tmp_path):
+    flags = ["--full_finetuning"] if kind == "full" else []
+    evals = ["--validation_split_percentage", "30", "--eval_strategy", "steps", "--eval_steps", "3"]
+    first = run(tiny_model_dir, corpus_dir, tmp_path / "a", *flags, *evals)
+    second = run(tiny_model_dir, corpus_dir, tmp_path / "b", *flags, *evals, "--warmup_steps", "2",
+                 "--init_from_checkpoint", str(tmp_path / "a"))
+    # the second run's evaluation before its first step is the first run's last one: same weights
+    assert validation_loss_at(second, 0) == pytest.approx(validation_loss_at(first, -1), rel=1e-5)
+    assert validation_loss_at(second, 0) != pytest.approx(validation_loss_at(first, 0), rel=1e-3)
+    assert lrs(second)[0] < 1e-2 and second.state.global_step == 3  # a new schedule from step 0
+
+
+def test_init_from_checkpoint_refuses_what_it_cannot_start_from(tiny_model_dir, corpus_dir, tmp_path):
+    base = ["--model_name_or_path", tiny_model_dir, "--dataset_dir", corpus_dir, "--output_dir", str(tmp_path)]
+    with pytest.raises(UserError, match="--init_from_checkpoint .*neither a model"):
+        parse_args(base + ["--init_from_checkpoint", corpus_dir])
+    with pytest.raises(UserError, match="give one of them"):
+        parse_args(base + ["--init_from_checkpoint", tiny_model_dir, "--resume_from_checkpoint", tiny_model_dir])
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--min_lr", "1e-5", "--min_lr_ratio", "0.1"], "keep one"),
+    (["--lr_scheduler_type", "linear", "--min_lr_ratio", "0.1"], "not linear"),
+    (["--lr_scheduler_type", "warmup_stable_decay", "--decay_ratio", "0"], "--decay_ratio 0.0"),
+])
+def test_schedule_flags_that_do_not_fit_are_named(flags, message, tiny_model_dir, corpus_dir, tmp_path):
+    with pytest.raises(UserError, match=message):
+        parse_args(["--model_name_or_path", tiny_model_dir, "--dataset_dir", corpus_dir, "--output_dir",
+                    str(tmp_path), *flags])
+
+
+def test_training_ends_with_a_report_of_every_eval_set_before_and_after(tiny_model_dir, corpus_dir, tmp_path):
+    domain, general = tmp_path / "domain.txt", tmp_path / "general.txt"
+    domain.write_text("First text document, held out.\n\nAnother one.\n", encoding="utf-8")
+    general.write_text("The quick brown fox jumps over the lazy dog, again.\n", encoding="utf-8")
+    out = tmp_path / "out"
+    run(tiny_model_dir, corpus_dir, out, "--max_steps", "4", "--eval_strategy", "steps", "--eval_steps", "2",
+        "--eval_files", f"domain={domain},general={general}")
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert report["before_step"] == 0 and report["after_step"] == 4  # eval_on_start is the default with evals
+    for name in ("domain", "general"):
+        assert report["after"][f"{name}_bpb"] < report["before"][f"{name}_bpb"]  # lr 1e-2 on similar text
+        assert set(report["before"]) >= {f"{name}_loss", f"{name}_perplexity"}
+    md = (out / "report.md").read_text(encoding="utf-8")
+    assert "| domain_bpb |" in md and "![training.png](training.png)" in md
+    for png in ("training.png", "before_after.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_without_evaluations_says_how_to_get_one(tiny_model_dir, corpus_dir, tmp_path):
+    run(tiny_model_dir, corpus_dir, tmp_path / "out")
+    md = (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
+    assert "--eval_files" in md and os.path.isfile(tmp_path / "out" / "training.png")
+    assert not os.path.exists(tmp_path / "out" / "report.json")
