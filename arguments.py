@@ -42,6 +42,24 @@ def split_list(value):
     return [part.strip() for part in (value or "").split(",") if part.strip()]
 
 
+def named_paths(items, flag, default_name=None):
+    """['domain=a.txt', 'b/run2'] -> {'domain': 'a.txt', 'run2': 'b/run2'} in the order given. An item without a
+    name is named by default_name(path) when given (else it is an error); given names are identifiers, since
+    they become metric names (eval_domain_bpb)."""
+    named = {}
+    for item in items:
+        name, sep, path = (part.strip() for part in item.partition("="))
+        if not sep and default_name:
+            name, path = default_name(item.strip()), item.strip()
+        elif not sep or not name.isidentifier() or not path:
+            raise UserError(f"{flag} {item!r}: expected name=path with a name of letters, digits and _ "
+                            "(e.g. domain=val.jsonl)")
+        if name in named:
+            raise UserError(f"{flag}: the name {name} is given twice; name each one as name=path")
+        named[name] = path
+    return named
+
+
 @dataclass
 class ModelArguments:
     model_name_or_path: Optional[str] = field(
@@ -213,16 +231,7 @@ class DataArguments:
     @property
     def named_eval_files(self):
         """--eval_files as {name: path}, in the order given."""
-        named = {}
-        for item in split_list(self.eval_files):
-            name, sep, path = item.partition("=")
-            if not sep or not name.strip() or not path.strip() or not name.strip().isidentifier():
-                raise UserError(f"--eval_files {item!r}: expected name=path with a name of letters, digits and _ "
-                                "(e.g. domain=val.jsonl)")
-            if name.strip() in named:
-                raise UserError(f"--eval_files: the name {name.strip()} is given twice")
-            named[name.strip()] = path.strip()
-        return named
+        return named_paths(split_list(self.eval_files), "--eval_files")
 
     @property
     def training_paths(self):

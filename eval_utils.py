@@ -43,16 +43,23 @@ def document_start_token(tokenizer):
 
 
 def rolling_windows(token_ids, start_token, block_size):
-    """Windows that score every token once, each given at most block_size - 1 tokens before it.
+    """Windows that score every token once, the model seeing at most block_size tokens a window: lm-eval's
+    rolling log-likelihood (its get_rolling_token_windows with context_len=1), so bits per byte agree with it.
 
-    Each window is (input_ids, number of leading tokens that are context only); the first window starts
-    with start_token so the document's first token is scored too.
+    Each window is (token ids, number of leading tokens that are context only); the model reads all but the
+    last token. The first window starts with start_token so the document's first token is scored too; the
+    last one reaches back for a full block of context.
 
-    >>> rolling_windows([5, 6, 7, 8, 9], start_token=1, block_size=3)
-    [([1, 5, 6], 1), ([6, 7, 8], 1), ([8, 9], 1)]
+    >>> rolling_windows([5, 6, 7, 8, 9], start_token=1, block_size=2)
+    [([1, 5, 6], 1), ([6, 7, 8], 1), ([7, 8, 9], 2)]
     """
     ids = [start_token] + list(token_ids)
-    return [(ids[start - 1:start + block_size - 1], 1) for start in range(1, len(ids), block_size - 1)]
+    windows = []
+    for scored_from in range(0, len(token_ids), block_size):  # token_ids[scored_from:end] scored in this window
+        end = min(scored_from + block_size, len(token_ids))
+        window = ids[max(0, end - block_size):end + 1]
+        windows.append((window, len(window) - (end - scored_from)))
+    return windows
 
 
 def token_nll(model, rows, pad_token_id):
@@ -65,11 +72,11 @@ def token_nll(model, rows, pad_token_id):
     for i, (ids, context) in enumerate(rows):
         labels[i, context:len(ids)] = batch["input_ids"][i, context:len(ids)]
     device = next(model.parameters()).device
-    with torch.no_grad():
-        logits = model(input_ids=batch["input_ids"].to(device), position_ids=batch["position_ids"].to(device),
-                       use_cache=False).logits.float()
+    with torch.no_grad():  # the last token of a window is only a target
+        logits = model(input_ids=batch["input_ids"][:, :-1].to(device),
+                       position_ids=batch["position_ids"][:, :-1].to(device), use_cache=False).logits.float()
     shifted = labels[:, 1:].to(device)
-    nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), shifted, ignore_index=IGNORE_INDEX, reduction="none")
+    nll = F.cross_entropy(logits.transpose(1, 2), shifted, ignore_index=IGNORE_INDEX, reduction="none")
     scored = shifted != IGNORE_INDEX
     return (nll * scored).sum(1).tolist(), scored.sum(1).tolist()
 
@@ -183,23 +190,33 @@ def greedy_completions(model, tokenizer, prompts, max_new_tokens=24):
 
 
 def read_texts(path):
-    """The documents of an evaluation file, read and cleaned exactly as training data is."""
-    from data_utils import clean_documents, read_documents
+    """The documents of an evaluation file or folder, read and cleaned exactly as training data is."""
+    from data_utils import clean_documents, list_data_files, read_documents
 
-    return list(clean_documents(read_documents(path), Counter()))
+    return list(clean_documents((doc for f in list_data_files([path]) for doc in read_documents(f)), Counter()))
 
 
 def evaluate_model(model, tokenizer, eval_files=None, probe_files=None, prompts=(), block_size=None, batch_size=8):
-    """Every figure for one model: {"<set>_bpb"/"_loss"/"_perplexity" per eval file, "probes_<name>_acc" per
-    probe file, "completions": {prompt: text}, "probe_results": {...}}."""
-    report = {}
+    """Every figure for one model: {"eval_sets": {name: {bpb, loss, perplexity, tokens, bytes}},
+    "probes": {name: {acc, n, results}}, "completions": {prompt: text}}."""
+    report = {"eval_sets": {}, "probes": {}}
     for name, path in (eval_files or {}).items():
-        result = bits_per_byte(model, tokenizer, read_texts(path), block_size, batch_size, desc=f"{name} bpb")
-        report.update({f"{name}_{k}": v for k, v in result.items()})
-    report["probe_results"] = {}
+        report["eval_sets"][name] = bits_per_byte(model, tokenizer, read_texts(path), block_size, batch_size,
+                                                  desc=f"{name} bpb")
     for name, path in (probe_files or {}).items():
-        result = probe_accuracy(model, tokenizer, read_probes(path), desc=f"{name} probes")
-        report[f"probes_{name}_acc"] = result["acc"]
-        report["probe_results"][name] = result["results"]
+        report["probes"][name] = probe_accuracy(model, tokenizer, read_probes(path), desc=f"{name} probes")
     report["completions"] = greedy_completions(model, tokenizer, prompts) if prompts else {}
     return report
+
+
+def flat_figures(report):
+    """evaluate_model's figures under flat names: <set>_bpb, <set>_loss, <set>_perplexity, probes_<name>_acc.
+
+    >>> flat_figures({"eval_sets": {"domain": {"bpb": 1.5, "loss": 2.0, "perplexity": 7.4, "tokens": 9, "bytes": 30}},
+    ...               "probes": {"seen": {"acc": 0.5, "n": 2, "results": []}}, "completions": {}})
+    {'domain_bpb': 1.5, 'domain_loss': 2.0, 'domain_perplexity': 7.4, 'probes_seen_acc': 0.5}
+    """
+    figures = {f"{name}_{k}": result[k] for name, result in report["eval_sets"].items()
+               for k in ("bpb", "loss", "perplexity")}
+    figures.update({f"probes_{name}_acc": result["acc"] for name, result in report["probes"].items()})
+    return figures

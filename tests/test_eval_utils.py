@@ -26,10 +26,12 @@ def direct_nll(model, ids, context=1):
 
 
 def test_rolling_windows_docstring_example():
-    assert rolling_windows([5, 6, 7, 8, 9], start_token=1, block_size=3) == [([1, 5, 6], 1), ([6, 7, 8], 1),
-                                                                             ([8, 9], 1)]
+    assert rolling_windows([5, 6, 7, 8, 9], start_token=1, block_size=2) == [([1, 5, 6], 1), ([6, 7, 8], 1),
+                                                                             ([7, 8, 9], 2)]
     windows = rolling_windows(list(range(10, 30)), 1, 6)
-    assert sum(len(w) - c for w, c in windows) == 20  # every token scored exactly once
+    scored = [t for w, c in windows for t in w[c:]]
+    assert scored == list(range(10, 30))  # every token scored exactly once, in order
+    assert max(len(w) for w, _ in windows) == 7  # the model reads at most block_size of them
 
 
 def test_document_start_is_eos_without_bos(tiny_tokenizer):

@@ -22,7 +22,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 import pretrain  # noqa: E402
 import report_utils  # noqa: E402
-from eval_utils import evaluate_model  # noqa: E402
+from eval_utils import evaluate_model, flat_figures  # noqa: E402
 
 EVAL_FILES = {"domain": "eval/domain_heldout.jsonl", "general": "eval/general_heldout.jsonl"}
 PROBE_FILES = {"seen": "eval/probes_seen.jsonl", "heldout": "eval/probes_heldout.jsonl"}
@@ -32,8 +32,12 @@ KEYS = ["probes_seen_acc", "probes_heldout_acc", "domain_bpb", "general_bpb", "d
 
 
 def evaluate(model, tokenizer):
-    return evaluate_model(model, tokenizer, {k: os.path.join(HERE, v) for k, v in EVAL_FILES.items()},
-                          {k: os.path.join(HERE, v) for k, v in PROBE_FILES.items()}, PROMPTS, block_size=256)
+    """The demo's figures under flat names (probes_seen_acc, domain_bpb, ...), the completions and each probe's
+    result."""
+    report = evaluate_model(model, tokenizer, {k: os.path.join(HERE, v) for k, v in EVAL_FILES.items()},
+                            {k: os.path.join(HERE, v) for k, v in PROBE_FILES.items()}, PROMPTS, block_size=256)
+    return {**flat_figures(report), "completions": report["completions"],
+            "probe_results": {name: probes["results"] for name, probes in report["probes"].items()}}
 
 
 def print_table(before, after):

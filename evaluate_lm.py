@@ -1,0 +1,144 @@
+"""Evaluate models and LoRA adapters on the same held-out text and knowledge probes, side by side.
+
+    python evaluate_lm.py --model_name_or_path base=BASE [after=MERGED ...] [--adapter lora=ADAPTER ...] \
+        --eval_files domain=a.txt,general=b.jsonl [--probes facts=probes.jsonl] [--prompts "Hanoi is" ...] \
+        --output_dir OUT
+
+Every --model_name_or_path is evaluated on its own and every --adapter on top of the first model (names from
+`name=path`, else the folder's name). For each eval set: bits per UTF-8 byte (every token of every document,
+in windows of the model's context or --block_size, as lm-eval's rolling log-likelihood), loss (nats/token) and
+perplexity; for each probe file: multiple-choice accuracy by log-likelihood. Writes report.json and report.md
+to --output_dir and prints the table.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from arguments import DTYPES, UserError, named_paths, split_list
+from eval_utils import evaluate_model, flat_figures, read_probes, read_texts
+from pretrain import drop_gguf_marker, named_load_errors
+
+
+def load_for_eval(model_path, adapter=None, gguf_file=None, dtype="float32"):
+    """(model, tokenizer) ready to evaluate: the model alone or with the adapter applied. The adapter's tokenizer
+    is used when it has one (it may have grown the vocabulary, and the embeddings with it)."""
+    with named_load_errors("--model_name_or_path", model_path):
+        model = AutoModelForCausalLM.from_pretrained(
+            model_path, gguf_file=gguf_file, dtype=dtype if dtype == "auto" else getattr(torch, dtype))
+    if gguf_file:
+        drop_gguf_marker(model)
+    tokenizer_path = adapter if adapter and os.path.isfile(os.path.join(adapter, "tokenizer_config.json")) else model_path
+    with named_load_errors("--adapter" if tokenizer_path == adapter else "--model_name_or_path", tokenizer_path):
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, gguf_file=None if adapter else gguf_file)
+    if adapter:
+        from peft import PeftModel
+
+        if not os.path.isfile(os.path.join(adapter, "adapter_config.json")):
+            raise UserError(f"--adapter {adapter}: no adapter_config.json there; give a LoRA adapter folder")
+        if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+            model.resize_token_embeddings(len(tokenizer))
+        model = PeftModel.from_pretrained(model, adapter)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model.to("cuda" if torch.cuda.is_available() else "cpu"), tokenizer
+
+
+def check_inputs(eval_files, probe_files):
+    """Read every eval and probe file once before any model loads: a bad file stops the run at once."""
+    if not eval_files and not probe_files:
+        raise UserError("nothing to evaluate: give --eval_files name=path,... and/or --probes name=path,...")
+    for name, path in eval_files.items():
+        if not read_texts(path):
+            raise UserError(f"--eval_files {name}={path}: no text in it")
+    for path in probe_files.values():
+        read_probes(path)
+
+
+def table(results, keys):
+    """Markdown table: a row a figure, a column a model."""
+    names = list(results)
+    lines = ["| figure | " + " | ".join(names) + " |", "| --- |" + " ---: |" * len(names)]
+    for key in keys:
+        lines.append(f"| {key} | " + " | ".join(f"{flat_figures(results[n]).get(key, float('nan')):.4f}"
+                                               for n in names) + " |")
+    return "\n".join(lines)
+
+
+def write_reports(output_dir, results, sources):
+    """report.json ({"models": {name: {model, adapter, eval_sets, probes, completions}}}) and report.md."""
+    os.makedirs(output_dir, exist_ok=True)
+    with open(os.path.join(output_dir, "report.json"), "w", encoding="utf-8") as f:
+        json.dump({"models": {name: {**sources[name], **result} for name, result in results.items()}}, f, indent=1,
+                  ensure_ascii=False)
+    keys = list(dict.fromkeys(k for r in results.values() for k in flat_figures(r)))
+    md = ["# Evaluation", "", table(results, keys), ""]
+    for prompt in next(iter(results.values()))["completions"]:
+        md += [f"**{prompt}**", ""] + [f"- {n}: {r['completions'][prompt]!r}" for n, r in results.items()] + [""]
+    with open(os.path.join(output_dir, "report.md"), "w", encoding="utf-8") as f:
+        f.write("\n".join(md) + "\n")
+    return keys
+
+
+def parse(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model_name_or_path", nargs="+", required=True, metavar="[NAME=]PATH",
+                        help="Model folders (or hub ids) to evaluate; the first is the base for --adapter.")
+    parser.add_argument("--adapter", nargs="*", default=[], metavar="[NAME=]PATH",
+                        help="LoRA adapter folders, each evaluated on top of the first model.")
+    parser.add_argument("--eval_files", default="", help="name=path,... of held-out text (any format pretrain.py "
+                        "reads): bits per byte, loss and perplexity of each.")
+    parser.add_argument("--probes", default="", help="name=path,... of JSONL knowledge probes (prompt, answer, "
+                        "distractors): accuracy by log-likelihood.")
+    parser.add_argument("--prompts", nargs="*", default=[], help="Prompts to complete greedily, shown side by side.")
+    parser.add_argument("--output_dir", required=True, help="Where report.json and report.md are written.")
+    parser.add_argument("--block_size", type=int, help="Tokens the model reads a window. Default: its context, "
+                        "at most 1024.")
+    parser.add_argument("--batch_size", type=int, default=8, help="Windows scored at once.")
+    parser.add_argument("--gguf_file", help="GGUF file inside the first model folder, if it is a GGUF.")
+    parser.add_argument("--dtype", default="float32", choices=DTYPES, help="dtype the models are evaluated in.")
+    return parser.parse_args(argv)
+
+
+def folder_name(path):
+    return os.path.basename(os.path.normpath(path))
+
+
+def main(argv=None):
+    args = parse(argv)
+    eval_files = named_paths(split_list(args.eval_files), "--eval_files")
+    probe_files = named_paths(split_list(args.probes), "--probes")
+    check_inputs(eval_files, probe_files)
+    models = named_paths(args.model_name_or_path, "--model_name_or_path", folder_name)
+    base = next(iter(models.values()))
+    adapters = named_paths(args.adapter, "--adapter", folder_name)
+    if set(models) & set(adapters):
+        raise UserError(f"a model and an adapter are both named {min(set(models) & set(adapters))}; name them as "
+                        "name=path")
+    runs = [(name, path, None) for name, path in models.items()] + [(name, base, path)
+                                                                     for name, path in adapters.items()]
+    results, sources = {}, {}
+    for name, path, adapter in runs:
+        print(f"Evaluating {name}: {path}" + (f" + adapter {adapter}" if adapter else ""), file=sys.stderr)
+        gguf = args.gguf_file if path == base else None
+        model, tokenizer = load_for_eval(path, adapter, gguf, args.dtype)
+        results[name] = evaluate_model(model, tokenizer, eval_files, probe_files, args.prompts, args.block_size,
+                                       args.batch_size)
+        sources[name] = {"model": path, "adapter": adapter}
+        del model
+    keys = write_reports(args.output_dir, results, sources)
+    print(table(results, keys))
+    print(os.path.join(args.output_dir, "report.md"))
+    return results
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
