@@ -416,6 +416,8 @@ def config_file_to_flags(path):
         flags.append(f"--{key}")
         if isinstance(value, list) and key in {"train_files", "report_to"}:
             flags.extend(str(v) for v in value)
+        elif isinstance(value, dict) and key == "eval_files":  # {name: path} -> name=path,...
+            flags.append(",".join(f"{name}={path}" for name, path in value.items()))
         elif isinstance(value, (dict, list)):
             flags.append(json.dumps(value))
         else:

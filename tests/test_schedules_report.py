@@ -96,3 +96,22 @@ def test_report_without_evaluations_says_how_to_get_one(tiny_model_dir, corpus_d
     md = (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
     assert "--eval_files" in md and os.path.isfile(tmp_path / "out" / "training.png")
     assert not os.path.exists(tmp_path / "out" / "report.json")
+
+
+@pytest.mark.parametrize("config", ["language_adaptation.yaml", "domain_adaptation.yaml", "new_facts.yaml"])
+def test_shipped_recipes_parse_with_their_documented_command(config, tiny_model_dir, corpus_dir, tmp_path):
+    from conftest import ROOT
+
+    _, data_args, training_args = parse_args([os.path.join(ROOT, "examples", config), "--model_name_or_path",
+                                              tiny_model_dir, "--dataset_dir", corpus_dir, "--eval_files",
+                                              f"domain={corpus_dir},general={corpus_dir}", "--output_dir",
+                                              str(tmp_path)])
+    assert training_args.do_train and training_args.eval_on_start and data_args.named_eval_files
+
+
+def test_eval_files_as_a_yaml_mapping(tiny_model_dir, corpus_dir, tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(f"model_name_or_path: {tiny_model_dir}\ndataset_dir: {corpus_dir}\noutput_dir: {tmp_path}\n"
+                      f"eval_files:\n  domain: {corpus_dir}/a.txt\n  general: {corpus_dir}/c.json\n", encoding="utf-8")
+    _, data_args, _ = parse_args([str(config)])
+    assert data_args.named_eval_files == {"domain": f"{corpus_dir}/a.txt", "general": f"{corpus_dir}/c.json"}

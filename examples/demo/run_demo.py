@@ -4,7 +4,7 @@
 
 1. evaluates the base model: knowledge probes (corpus wording and held-out wording), bits per byte on
    held-out domain and general text, greedy completions;
-2. trains with pretrain.py on examples/demo/demo.yaml (extra flags override it);
+2. trains with pretrain.py on examples/new_facts.yaml (extra flags override it);
 3. evaluates the trained model on the same sets;
 4. writes report.json, report.md and PNG plots to the output folder, prints a before/after table, and
    prints the output folder as its very last line.
@@ -57,12 +57,12 @@ def main(argv=None):
 
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     before = evaluate(AutoModelForCausalLM.from_pretrained(args.model), tokenizer)
-    # The config's paths are relative to the repository; give them absolute so the demo runs from anywhere.
-    trainer = pretrain.main([os.path.join(HERE, "demo.yaml"), "--model_name_or_path", args.model,
+    # The config holds the training settings; the paths are given absolute, so the demo runs from any folder.
+    trainer = pretrain.main([os.path.join(ROOT, "examples", "new_facts.yaml"), "--model_name_or_path", args.model,
                              "--dataset_dir", os.path.join(HERE, "corpus"),
                              "--eval_files", ",".join(f"{k}={os.path.join(HERE, v)}" for k, v in EVAL_FILES.items()),
                              "--data_cache_dir", os.path.join(ROOT, ".cache", "prepared"),
-                             "--output_dir", os.path.join(out, "model"), *train_flags])
+                             "--output_dir", os.path.join(out, "model"), "--overwrite_output_dir", *train_flags])
     after = evaluate(trainer.model, trainer.processing_class)
 
     plots = [report_utils.plot_training(trainer.state.log_history, os.path.join(out, "training.png"),
