@@ -17,7 +17,9 @@ import sys
 import datasets
 import torch
 import transformers
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Trainer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Trainer, set_seed
+from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+from transformers.modeling_utils import set_zero3_state
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, SchedulerType
 
 import report_utils
@@ -166,7 +168,8 @@ def check_lora_modules(config, training_args):
     before any weight is loaded)."""
     if training_args.peft_path or (training_args.full_finetuning and not training_args.freeze_modules):
         return
-    with torch.device("meta"):
+    # set_zero3_state: a meta skeleton needs no ZeRO-3 partitioning (zero.Init would want the process group)
+    with torch.device("meta"), set_zero3_state():
         model = AutoModelForCausalLM.from_config(config)
     names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules() if name}
     linear = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules()
@@ -206,20 +209,35 @@ def load_model(model_args, config, tokenizer):
     return model
 
 
+def init_distributed_for_zero3(training_args):
+    """Start the process group before a ZeRO-3 model loads. from_pretrained partitions the weights as it
+    reads them (deepspeed.zero.Init) over the world it sees at that moment; without the group each rank
+    sees a world of 1 and DeepSpeed stops on its batch-size check (train_batch_size != micro x accum x 1)."""
+    if not is_deepspeed_zero3_enabled() or training_args.world_size < 2:  # world_size sets up the devices
+        return
+    import deepspeed
+
+    deepspeed.init_distributed()  # adopts the group the Trainer's arguments just started (gloo on CPU)
+
+
 def add_lora(model, training_args):
     """Wrap the model with a new LoRA adapter, or the one in --peft_path, ready to train."""
     from peft import LoraConfig, PeftModel, get_peft_model
 
+    # peft casts adapters to float32 beside a bf16/fp16 base by default; ZeRO-3 flattens each module's
+    # parameters into one buffer of one dtype and fails on the mix, so there the adapter keeps the base dtype.
+    autocast = not is_deepspeed_zero3_enabled()
     if training_args.peft_path:
         logger.info("Continuing the LoRA adapter in %s", training_args.peft_path)
-        return PeftModel.from_pretrained(model, training_args.peft_path, is_trainable=True)
+        return PeftModel.from_pretrained(model, training_args.peft_path, is_trainable=True,
+                                         autocast_adapter_dtype=autocast)
     modules_to_save = split_list(training_args.modules_to_save) or None
     tied = bool(getattr(model.config, "tie_word_embeddings", False))
     lora_config = LoraConfig(
         task_type="CAUSAL_LM", target_modules=split_list(training_args.trainable), r=training_args.lora_rank,
         lora_alpha=training_args.lora_alpha, lora_dropout=training_args.lora_dropout,
         modules_to_save=modules_to_save, ensure_weight_tying=tied and modules_to_save is not None)
-    return get_peft_model(model, lora_config)
+    return get_peft_model(model, lora_config, autocast_adapter_dtype=autocast)
 
 
 def freeze(model, module_names):
@@ -343,7 +361,9 @@ def main(argv=None):
     resume = checkpoint_to_resume(training_args)
     train_dataset, eval_dataset, eval_sizes = build_datasets(data_args, training_args, tokenizer, block_size)
 
+    init_distributed_for_zero3(training_args)
     model = load_model(model_args, config, tokenizer)
+    set_seed(training_args.seed)  # new LoRA weights from --seed, whatever loading the model drew before
     if training_args.full_finetuning:
         freeze(model, training_args.freeze_modules)
     else:
