@@ -22,6 +22,7 @@ from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from transformers.modeling_utils import set_zero3_state
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, SchedulerType
 
+import plan_utils
 import report_utils
 from arguments import UserError, parse_args, split_list
 from data_utils import PackedCollator, list_data_files, prepare_datasets, streaming_datasets
@@ -220,9 +221,23 @@ def init_distributed_for_zero3(training_args):
     deepspeed.init_distributed()  # adopts the group the Trainer's arguments just started (gloo on CPU)
 
 
+def lora_config(model, training_args):
+    """The LoRA settings: those of --peft_path, else a new adapter from the flags."""
+    from peft import LoraConfig, PeftConfig
+
+    if training_args.peft_path:
+        return PeftConfig.from_pretrained(training_args.peft_path)
+    modules_to_save = split_list(training_args.modules_to_save) or None
+    tied = bool(getattr(model.config, "tie_word_embeddings", False))
+    return LoraConfig(
+        task_type="CAUSAL_LM", target_modules=split_list(training_args.trainable), r=training_args.lora_rank,
+        lora_alpha=training_args.lora_alpha, lora_dropout=training_args.lora_dropout,
+        modules_to_save=modules_to_save, ensure_weight_tying=tied and modules_to_save is not None)
+
+
 def add_lora(model, training_args):
     """Wrap the model with a new LoRA adapter, or the one in --peft_path, ready to train."""
-    from peft import LoraConfig, PeftModel, get_peft_model
+    from peft import PeftModel, get_peft_model
 
     # peft casts adapters to float32 beside a bf16/fp16 base by default; ZeRO-3 flattens each module's
     # parameters into one buffer of one dtype and fails on the mix, so there the adapter keeps the base dtype.
@@ -231,13 +246,7 @@ def add_lora(model, training_args):
         logger.info("Continuing the LoRA adapter in %s", training_args.peft_path)
         return PeftModel.from_pretrained(model, training_args.peft_path, is_trainable=True,
                                          autocast_adapter_dtype=autocast)
-    modules_to_save = split_list(training_args.modules_to_save) or None
-    tied = bool(getattr(model.config, "tie_word_embeddings", False))
-    lora_config = LoraConfig(
-        task_type="CAUSAL_LM", target_modules=split_list(training_args.trainable), r=training_args.lora_rank,
-        lora_alpha=training_args.lora_alpha, lora_dropout=training_args.lora_dropout,
-        modules_to_save=modules_to_save, ensure_weight_tying=tied and modules_to_save is not None)
-    return get_peft_model(model, lora_config, autocast_adapter_dtype=autocast)
+    return get_peft_model(model, lora_config(model, training_args), autocast_adapter_dtype=autocast)
 
 
 def freeze(model, module_names):
@@ -358,6 +367,11 @@ def main(argv=None):
     block_size = resolve_block_size(data_args.block_size, config)
     check_lora_modules(config, training_args)
     check_attention(model_args, training_args)
+    if training_args.dry_run:  # before anything is written or renamed in output_dir
+        lines = plan_utils.plan_lines(model_args, data_args, training_args, config, tokenizer, block_size)
+        if training_args.process_index == 0:
+            print("\n".join(lines))
+        return None
     resume = checkpoint_to_resume(training_args)
     train_dataset, eval_dataset, eval_sizes = build_datasets(data_args, training_args, tokenizer, block_size)
 

@@ -94,3 +94,11 @@ def test_two_processes_save_the_weights_of_one_process_on_the_same_global_batch(
         reloaded = AutoModelForCausalLM.from_pretrained(out)
         torch.testing.assert_close(reloaded.model.embed_tokens.weight, expected["model.embed_tokens.weight"],
                                    atol=2e-5, rtol=1e-4)
+
+
+def test_fsdp_without_a_gpu_says_so_instead_of_running_ddp(tmp_path, monkeypatch):
+    from arguments import UserError, parse_args
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match="--fsdp needs CUDA GPUs .* --deepspeed ds_configs/zero3_no_offload.json"):
+        parse_args(["--output_dir", str(tmp_path), "--fsdp"])
