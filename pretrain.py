@@ -20,7 +20,7 @@ import transformers
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Trainer, set_seed
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from transformers.modeling_utils import set_zero3_state
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, SchedulerType
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, SchedulerType, rotate_checkpoints
 
 import plan_utils
 import report_utils
@@ -50,11 +50,20 @@ class PretrainTrainer(Trainer):
         self.eval_sizes = eval_sizes or {}
 
     def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
+        # The Trainer deletes old checkpoints (--save_total_limit) as soon as the main process has written
+        # its part of the new one; a kill before the others finish would leave no complete checkpoint at all.
+        # Rotation waits here until every process has written and the new checkpoint is marked complete.
+        limit, self.args.save_total_limit = self.args.save_total_limit, None
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = limit
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
-            folder = os.path.join(self._get_output_dir(trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            run_dir = self._get_output_dir(trial)
+            folder = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
             open(os.path.join(folder, COMPLETE_MARKER), "w").close()
+            rotate_checkpoints(run_dir, limit, self.state.best_model_checkpoint, use_mtime=True)
 
     def create_scheduler(self, num_training_steps, optimizer=None):
         # warmup_stable_decay needs its decay length in steps; --decay_ratio gives it as a share of the run
@@ -283,8 +292,12 @@ def last_complete_checkpoint(folder):
 def checkpoint_to_resume(training_args):
     """The checkpoint to continue from: --resume_from_checkpoint, else output_dir's last one unless
     --overwrite_output_dir. A finished run in output_dir is never overwritten silently."""
-    if training_args.resume_from_checkpoint or not training_args.do_train:
-        return training_args.resume_from_checkpoint
+    chosen = training_args.resume_from_checkpoint
+    if chosen and training_args.do_train and not os.path.isfile(os.path.join(chosen, COMPLETE_MARKER)):
+        raise UserError(f"--resume_from_checkpoint {chosen}: not a complete checkpoint (no {COMPLETE_MARKER} "
+                        "file: missing, or the run stopped while saving it); give an earlier checkpoint-N folder")
+    if chosen or not training_args.do_train:
+        return chosen
     out = training_args.output_dir
     if not os.path.isdir(out) or training_args.overwrite_output_dir:
         return None
