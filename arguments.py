@@ -8,6 +8,7 @@ with later flags overriding it.
 
 import dataclasses
 import difflib
+import importlib.util
 import json
 import logging
 import os
@@ -116,8 +117,9 @@ class ModelArguments:
     )
     attn_implementation: Optional[str] = field(
         default=None,
-        metadata={"help": "Attention kernel: sdpa (default) or eager; both keep packed documents apart through "
-                  "the restarting position_ids."},
+        metadata={"help": "Attention kernel: sdpa (default) or eager keep packed documents apart through the "
+                  "restarting position_ids; flash_attention_2 (CUDA GPU, flash-attn package) gets each batch "
+                  "flattened into one row with the document boundaries (cu_seq_lens), without padding."},
     )
 
     def __post_init__(self):
@@ -341,6 +343,9 @@ class PretrainTrainingArguments(TrainingArguments):
         if self.freeze_modules and not self.full_finetuning:
             raise UserError("--freeze_modules applies to --full_finetuning; with LoRA only --trainable and "
                             "--modules_to_save are trained")
+        if self.use_liger_kernel and not (torch.cuda.is_available() and importlib.util.find_spec("liger_kernel")):
+            raise UserError("--use_liger_kernel needs a CUDA GPU and the liger-kernel package (pip install "
+                            "liger-kernel); drop it here")
         if self.fsdp and not torch.cuda.is_available():
             raise UserError("--fsdp needs CUDA GPUs and there is none here (accelerate would quietly run plain DDP "
                             "instead); to shard on CPU use --deepspeed ds_configs/zero3_no_offload.json")

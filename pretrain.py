@@ -25,7 +25,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, SchedulerType, rot
 import plan_utils
 import report_utils
 from arguments import UserError, parse_args, split_list
-from data_utils import PackedCollator, list_data_files, prepare_datasets, streaming_datasets
+from data_utils import FlattenedCollator, PackedCollator, list_data_files, prepare_datasets, streaming_datasets
 
 logger = logging.getLogger("pretrain")
 DEBUG_MAX_DOCUMENTS = 1000
@@ -163,14 +163,17 @@ def resolve_block_size(block_size, config):
     return block_size
 
 
-def check_attention(model_args, training_args):
-    """Flash-attention separates packed documents only in a batch of one row (transformers reads the
-    restarting position_ids there); with more rows documents would silently attend to each other."""
-    if (model_args.attn_implementation or "").startswith("flash") and max(
-            training_args.per_device_train_batch_size, training_args.per_device_eval_batch_size) > 1:
-        raise UserError(f"--attn_implementation {model_args.attn_implementation} keeps packed documents apart "
-                        "only with one row a batch; use --per_device_train_batch_size 1 "
-                        "--per_device_eval_batch_size 1 (raise --gradient_accumulation_steps) or sdpa")
+def uses_flash_attention(model_args):
+    return (model_args.attn_implementation or "").startswith(("flash", "kernels-community/flash"))
+
+
+def data_collator(model_args, tokenizer):
+    """Flash-attention reads restarting position_ids as document boundaries only in a batch of one row, and
+    takes no block-diagonal mask: it gets the batch flattened into one row with cu_seq_lens (transformers'
+    padding-free path). sdpa/eager get padded rows and build the document mask from the position_ids."""
+    if uses_flash_attention(model_args):
+        return FlattenedCollator()
+    return PackedCollator(pad_token_id=tokenizer.pad_token_id)
 
 
 def check_lora_modules(config, training_args):
@@ -379,7 +382,6 @@ def main(argv=None):
     tokenizer = load_tokenizer(model_args)
     block_size = resolve_block_size(data_args.block_size, config)
     check_lora_modules(config, training_args)
-    check_attention(model_args, training_args)
     if training_args.dry_run:  # before anything is written or renamed in output_dir
         lines = plan_utils.plan_lines(model_args, data_args, training_args, config, tokenizer, block_size)
         if training_args.process_index == 0:
@@ -398,7 +400,7 @@ def main(argv=None):
     log_trainable(model)
     trainer = PretrainTrainer(model=model, args=training_args, train_dataset=train_dataset,
                               eval_dataset=eval_dataset, eval_sizes=eval_sizes, processing_class=tokenizer,
-                              data_collator=PackedCollator(pad_token_id=tokenizer.pad_token_id))
+                              data_collator=data_collator(model_args, tokenizer))
     if training_args.do_train:
         result = trainer.train(resume_from_checkpoint=resume)
         result.metrics.update(token_throughput(trainer, result.metrics))
