@@ -298,7 +298,8 @@ def checkpoint_to_resume(training_args):
     chosen = training_args.resume_from_checkpoint
     if chosen and training_args.do_train and not os.path.isfile(os.path.join(chosen, COMPLETE_MARKER)):
         raise UserError(f"--resume_from_checkpoint {chosen}: not a complete checkpoint (no {COMPLETE_MARKER} "
-                        "file: missing, or the run stopped while saving it); give an earlier checkpoint-N folder")
+                        "file: the run stopped while saving it); give an earlier checkpoint-N folder, or create that "
+                        "empty file if you know this one is whole")
     if chosen or not training_args.do_train:
         return chosen
     out = training_args.output_dir

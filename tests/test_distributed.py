@@ -96,6 +96,20 @@ def test_two_processes_save_the_weights_of_one_process_on_the_same_global_batch(
                                    atol=2e-5, rtol=1e-4)
 
 
+def test_zero3_lora_trains_in_bf16(setup, tiny_model_dir):
+    """peft would cast the adapter to float32 beside the bf16 base, which ZeRO-3 refuses (one dtype a module)."""
+    base, data, cache = setup
+    out = base / "zero3-lora-bf16"
+    flags = common_flags(tiny_model_dir, data, cache, out, ROWS // 2) + LORA + [
+        "--bf16", "--dtype", "bfloat16", "--deepspeed", os.path.join(ROOT, "ds_configs", "zero3_no_offload.json")]
+    proc = torchrun(flags, base)
+    assert (out / "adapter_model.safetensors").is_file(), f"exit {proc.returncode}\n{proc.stderr[-3000:]}"
+    weights = saved_weights(out)
+    embeddings = AutoModelForCausalLM.from_pretrained(tiny_model_dir).get_input_embeddings().weight
+    assert weights[EMBED].dtype == torch.bfloat16 and weights[EMBED].shape == embeddings.shape
+    assert not torch.equal(weights[EMBED], embeddings.to(torch.bfloat16))
+
+
 def test_fsdp_without_a_gpu_says_so_instead_of_running_ddp(tmp_path, monkeypatch):
     from arguments import UserError, parse_args
 
