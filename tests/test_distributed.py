@@ -1,5 +1,5 @@
 """torchrun --nproc_per_node 2 on CPU (gloo) with DDP, DeepSpeed ZeRO-2 and ZeRO-3, on the tiny Llama: each
-engine trains, saves what other tools reload, and ends with the same weights as one process trained on the
+engine trains, saves what from_pretrained reloads, and ends with the same weights as one process trained on the
 same global batch. The shipped ds_configs are the ones used.
 
 DeepSpeed builds its shared-memory communication op the first time it runs on a machine (about a minute,
