@@ -122,11 +122,11 @@ def test_missing_text_column_names_the_columns(tmp_path):
 def test_non_utf8_names_byte_offset(tmp_path):
     path = tmp_path / "latin.txt"
     path.write_bytes("caf\u00e9 ok\n\n".encode() + b"na\xefve")
-    with pytest.raises(UserError, match=r"latin.txt: not UTF-8 at byte offset 12"):
+    with pytest.raises(UserError, match=r"latin.txt:3: not UTF-8 at byte offset 12"):
         list(read_documents(str(path)))
     jl = tmp_path / "latin.jsonl"
     jl.write_bytes(b'{"text": "ok"}\n{"text": "na\xefve"}\n')
-    with pytest.raises(UserError, match=r"latin.jsonl: not UTF-8 at byte offset 27"):
+    with pytest.raises(UserError, match=r"latin.jsonl:2: not UTF-8 at byte offset 27"):
         list(read_documents(str(jl)))
 
 
