@@ -251,7 +251,9 @@ class DataArguments:
                   "same documents are held out whatever --seed is. Ignored with --validation_file."},
     )
     preprocessing_num_workers: Optional[int] = field(
-        default=None, metadata={"help": "Processes used for tokenization. Default: 1."}
+        default=None,
+        metadata={"help": "Processes that tokenize, one core each (the fast tokenizer's own threads are off in "
+                  "them). Default: one process whose fast tokenizer threads use every core."},
     )
     keep_linebreaks: bool = field(
         default=True,

@@ -8,6 +8,7 @@ Every function on the path from documents to rows is pure; `prepare_datasets` wi
 result under a fingerprint of the input contents, the tokenizer and the options.
 """
 
+import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -22,6 +23,9 @@ from collections import Counter
 from dataclasses import dataclass
 
 import datasets
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 from arguments import UserError
@@ -31,7 +35,7 @@ logger = logging.getLogger(__name__)
 TEXT_EXTENSIONS = (".txt", ".jsonl", ".json", ".csv", ".parquet")
 DEFAULT_TEXT_COLUMNS = ("text", "content")
 # Bump when the prepared rows change for the same inputs, so old caches are not reused.
-PREPARED_FORMAT_VERSION = 1
+PREPARED_FORMAT_VERSION = 2  # 2: int32 rows packed from Arrow arrays
 IGNORE_INDEX = -100
 HISTORY_ROWS = 4096  # resume states kept for the rows a streaming run has taken but not yet trained on
 MAX_LOGGED_SKIPS = 10  # each skipped record is counted; only the first few are logged one by one
@@ -357,9 +361,37 @@ def tokenize_documents(texts, tokenizer):
     if tokenizer.eos_token_id is None:
         raise UserError("the tokenizer has no EOS token; documents could not be separated. Give a tokenizer "
                         "with an eos_token")
-    encoded = tokenizer(list(texts), add_special_tokens=True, verbose=False)["input_ids"]
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and backend.truncation is None and backend.padding is None:
+        # the Rust tokenizer straight: transformers' wrapper would also build attention masks we never use
+        encoded = [e.ids for e in backend.encode_batch_fast(list(texts), add_special_tokens=True)]
+    else:
+        encoded = tokenizer(list(texts), add_special_tokens=True, verbose=False)["input_ids"]
     eos = tokenizer.eos_token_id
     return [ids if ids and ids[-1] == eos else ids + [eos] for ids in encoded]
+
+
+def tokenized_arrow(texts, tokenizer):
+    """tokenize_documents as an Arrow list array (int32), written by datasets without a Python pass."""
+    ids = tokenize_documents(texts, tokenizer)
+    offsets = np.zeros(len(ids) + 1, dtype=np.int32)
+    np.cumsum([len(i) for i in ids], out=offsets[1:])
+    values = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=int(offsets[-1]))
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
+
+
+def pack_token_array(values, doc_lengths, block_size):
+    """pack_documents on arrays: every document's tokens end to end (values), cut every block_size tokens.
+    Returns (row offsets into values, position_ids for every token); the rows equal pack_documents'.
+
+    >>> pack_token_array(np.array([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]), np.array([3, 2, 5]), block_size=4)
+    (array([ 0,  4,  8, 10]), array([0, 1, 2, 0, 0, 0, 1, 2, 0, 1]))
+    """
+    n = len(values)
+    index = np.arange(n)
+    doc_start = np.repeat(np.cumsum(doc_lengths) - doc_lengths, doc_lengths)
+    positions = index - np.maximum(doc_start, index // block_size * block_size)
+    return np.append(np.arange(0, n, block_size), n) if n else np.zeros(1, dtype=np.int64), positions
 
 
 def iter_packed_rows(token_lists, block_size):
@@ -489,8 +521,6 @@ def mix_rows(open_source, weights, exhausted="cycle", max_tokens=None, epochs=1,
 def shuffled_rows_opener(lengths, seed):
     """open_source for mix_rows over prepared rows: each source's rows in a seeded random order, a new order
     each pass; a row is (index within its source, tokens)."""
-    import numpy as np
-
     names = list(lengths)
 
     def open_source(name, pass_number, position):
@@ -699,22 +729,46 @@ def describe_documents(stats):
 
 
 def rows_from_documents(texts, tokenizer, block_size, num_workers):
-    """Tokenize (batched, in parallel through datasets.map) and pack documents into a Dataset of rows."""
-    if not texts:
-        return datasets.Dataset.from_dict({"input_ids": [], "position_ids": []})
-    docs = datasets.Dataset.from_dict({"text": texts})
-    tokenized = docs.map(lambda b: {"ids": tokenize_documents(b["text"], tokenizer)}, batched=True,
-                         num_proc=num_workers if num_workers and num_workers > 1 and len(texts) > 1 else None,
-                         remove_columns=["text"], desc="Tokenizing")
-    return datasets.Dataset.from_dict(pack_documents(tokenized["ids"], block_size))
+    """Tokenize documents (batched; --preprocessing_num_workers processes through datasets.map, else one
+    process whose fast tokenizer uses every core) and pack them into a Dataset of rows, without a Python
+    loop over tokens."""
+    docs = datasets.Dataset.from_dict({"text": texts}).with_format("arrow")
+    parallel = num_workers is not None and num_workers > 1 and len(texts) > 1
+    with tokenizer_threads(num_workers is None):
+        # new_fingerprint: the cache is ours (keyed in prepare_datasets); hashing the tokenizer would cost time
+        tokenized = docs.map(lambda b: pa.table({"ids": tokenized_arrow(b["text"].to_pylist(), tokenizer)}),
+                             batched=True, batch_size=1000 if parallel else 10000, remove_columns=["text"],
+                             num_proc=num_workers if parallel else None, desc="Tokenizing",
+                             new_fingerprint=f"tokenized-{len(texts)}")
+    ids = tokenized.data.column("ids").combine_chunks() if len(texts) else pa.array([], pa.list_(pa.int32()))
+    values = ids.values.to_numpy(zero_copy_only=False)
+    row_offsets, positions = pack_token_array(values, np.diff(ids.offsets.to_numpy()), block_size)
+    offsets = pa.array(row_offsets.astype(np.int32))
+    return datasets.Dataset(pa.table({"input_ids": pa.ListArray.from_arrays(offsets, pa.array(values)),
+                                      "position_ids": pa.ListArray.from_arrays(offsets, pa.array(
+                                          positions.astype(np.int32)))}))
+
+
+@contextlib.contextmanager
+def tokenizer_threads(enabled):
+    """The fast tokenizer's own threads on (every core) or off (one core a worker process)."""
+    before = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "true" if enabled else "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["TOKENIZERS_PARALLELISM"]
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = before
 
 
 def split_stats(name, rows, texts):
     """Rows, tokens, scored tokens (labels that are not -100) and UTF-8 bytes of one prepared split: bits per
     byte = mean loss x scored tokens / bytes / ln 2."""
-    positions = rows["position_ids"]
-    return {f"{name}_documents": len(texts), f"{name}_rows": len(rows), f"{name}_tokens": sum(map(len, positions)),
-            f"{name}_scored_tokens": sum(sum(1 for p in row if p) for row in positions),
+    positions = rows.data.column("position_ids").combine_chunks().values.to_numpy(zero_copy_only=False)
+    return {f"{name}_documents": len(texts), f"{name}_rows": len(rows), f"{name}_tokens": len(positions),
+            f"{name}_scored_tokens": int((positions != 0).sum()),
             f"{name}_bytes": sum(len(t.encode("utf-8")) for t in texts)}
 
 
@@ -769,8 +823,6 @@ def prepare_datasets(data_args, tokenizer, block_size, max_documents=None):
 
 def row_lengths(dataset):
     """Tokens of each row of a prepared split, read from the Arrow column without decoding the rows."""
-    import pyarrow.compute as pc
-
     return pc.list_value_length(dataset.data.column("input_ids")).to_pylist()
 
 

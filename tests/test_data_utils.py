@@ -34,6 +34,18 @@ def test_pack_edge_cases(docs, block, expected_ids, expected_pos):
     assert pack_documents(docs, block) == {"input_ids": expected_ids, "position_ids": expected_pos}
 
 
+def test_pack_token_array_docstring_example_and_equals_pack_documents():
+    import numpy as np
+
+    offsets, positions = data_utils.pack_token_array(np.array([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]), np.array([3, 2, 5]), 4)
+    assert offsets.tolist() == [0, 4, 8, 10] and positions.tolist() == [0, 1, 2, 0, 0, 0, 1, 2, 0, 1]
+    docs = [[i] * n for i, n in enumerate([1, 5, 2, 9, 3, 4, 17, 1], start=1)]
+    for block in (1, 3, 5, 8, 64):
+        offsets, positions = data_utils.pack_token_array(np.array(sum(docs, [])), np.array([len(d) for d in docs]), block)
+        expected = pack_documents(docs, block)["position_ids"]
+        assert [positions[a:b].tolist() for a, b in zip(offsets[:-1], offsets[1:])] == expected
+
+
 def test_pack_keeps_every_token_once():
     docs = [[i] * n for i, n in enumerate([1, 5, 2, 9, 3, 4, 17, 1], start=1)]
     rows = pack_documents(docs, block_size=5)
@@ -240,6 +252,14 @@ def test_empty_dataset_is_a_user_error(tmp_path, tiny_tokenizer):
     (tmp_path / "e" / "notes.md").write_text("not a data file", encoding="utf-8")
     with pytest.raises(UserError, match="no data files found"):
         list_data_files([str(tmp_path / "e")])
+
+
+@pytest.mark.parametrize("workers", [None, 1, 2])
+def test_prepared_rows_do_not_depend_on_the_number_of_workers(corpus_dir, tmp_path, tiny_tokenizer, workers):
+    docs = list(clean_documents((d for f in list_data_files([corpus_dir]) for d in read_documents(f)), Counter()))
+    rows = data_utils.rows_from_documents(docs, tiny_tokenizer, 16, workers)
+    assert rows["input_ids"] == pack_documents(tokenize_documents(docs, tiny_tokenizer), 16)["input_ids"]
+    assert rows["position_ids"] == pack_documents(tokenize_documents(docs, tiny_tokenizer), 16)["position_ids"]
 
 
 def test_streaming_rows_equal_the_prepared_rows(corpus_dir, tmp_path, tiny_tokenizer):
