@@ -321,6 +321,7 @@ def build_datasets(data_args, training_args, tokenizer, block_size):
                                                             max_documents)
             else:
                 prepared, stats = prepare_datasets(data_args, tokenizer, block_size, max_documents)
+        logger.info("Documents: %s", describe_documents(stats))
         logger.info("Data: %s", json.dumps(stats))
         if data_args.curriculum:
             logger.info("Mix token shares: %s", {k[6:]: v for k, v in stats.items() if k.startswith("share_")})
@@ -413,6 +414,8 @@ def main(argv=None):
                               train_in_order=bool(data_args.curriculum))
     if training_args.do_train:
         result = trainer.train(resume_from_checkpoint=resume)
+        if isinstance(train_dataset, StreamingRows):
+            logger.info("Documents streamed: %s", describe_documents(train_dataset.stats))
         result.metrics.update(token_throughput(trainer, result.metrics))
         trainer.save_model()  # adapter (with modules_to_save) or full model, plus the tokenizer
         trainer.log_metrics("train", result.metrics)

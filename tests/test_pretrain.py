@@ -198,10 +198,12 @@ def test_bad_input_from_the_command_line_is_one_line_and_exit_2(tiny_model_dir, 
     assert "Traceback" not in proc.stderr and not out.exists()
 
 
-def test_streaming_run_trains_without_a_cache(tiny_model_dir, corpus_dir, tmp_path):
+def test_streaming_run_trains_without_a_cache(tiny_model_dir, corpus_dir, tmp_path, caplog):
+    caplog.set_level("INFO", logger="pretrain")
     trainer = run(tiny_model_dir, corpus_dir, tmp_path / "s", "--streaming", "--max_steps", "2",
                   "--validation_split_percentage", "30", "--do_eval")
     assert trainer.state.global_step == 2 and trainer.state.log_history[-1]["eval_loss"] > 0
+    assert "Documents streamed: " in caplog.text and " read, " in caplog.text  # cleaning counts are logged
     assert not os.path.exists(str(tmp_path / "s") + "-cache")
     with pytest.raises(UserError, match="--streaming needs --max_steps"):
         run(tiny_model_dir, corpus_dir, tmp_path / "t", "--streaming", "--max_steps", "-1")
