@@ -270,12 +270,15 @@ def clean_documents(texts, stats, min_chars=1, near_duplicates=None):
     >>> stats = Counter()
     >>> list(clean_documents(["Việt", "", "ok", "Vie\u0302\u0323t"], stats, min_chars=3))
     ['Việt']
-    >>> stats
-    Counter({'read': 4, 'kept': 1, 'dropped_empty': 1, 'dropped_short': 1, 'dropped_duplicate': 1})
+    >>> dict(stats)  # each step counted: documents changed by NFC or by removing control characters, dropped
+    {'read': 4, 'normalized_nfc': 1, 'removed_control_chars': 0, 'kept': 1, 'dropped_empty': 1, 'dropped_short': 1,
+     'dropped_duplicate': 1}
     """
     seen = set()
     for text in texts:
         stats["read"] += 1
+        stats["normalized_nfc"] += not unicodedata.is_normalized("NFC", text)
+        stats["removed_control_chars"] += bool(_CONTROL.search(text.replace("\r\n", "\n").replace("\r", "\n")))
         text = clean_text(text)
         reason = "empty" if not text else "short" if len(text) < min_chars else None
         if reason is None:
@@ -535,11 +538,18 @@ def mixed_order(lengths, phases, exhausted, seed):
     >>> mixed_order({"a": [4, 4, 4], "b": [4]}, [({"a": 3, "b": 1}, None, 1)], "stop", seed=0)
     [('a', 2), ('b', 0), ('a', 0), ('a', 1)]
     """
-    order, opener = [], shuffled_rows_opener(lengths, seed)
+    order, opener, state = [], shuffled_rows_opener(lengths, seed), {}
     for weights, max_tokens, epochs in phases:
-        order += [(name, row[0]) for name, row in mix_rows(opener, weights, exhausted, max_tokens, epochs,
+        state = next_phase_state(state)
+        order += [(name, row[0]) for name, row in mix_rows(opener, weights, exhausted, max_tokens, epochs, state,
                                                            tokens_of=lambda row: row[1])]
     return order
+
+
+def next_phase_state(sources):
+    """mix_rows state for the next phase: every source keeps its place (a source in several phases continues
+    where it stopped), but token counts and finished passes start again, as the phase's budget does."""
+    return {name: {**s, "tokens": 0, "passes_done": 0} for name, s in sources.items()}
 
 
 class StreamingRows(torch.utils.data.IterableDataset):
@@ -598,7 +608,7 @@ class StreamingRows(torch.utils.data.IterableDataset):
         for k in range(state["phase"], len(self.phases)):
             weights, max_tokens, epochs = self.phases[k]
             if k != state["phase"]:
-                state.update(phase=k, sources={})
+                state.update(phase=k, sources=next_phase_state(state["sources"]))
             for _, row in mix_rows(self.source_rows, weights, self.exhausted, max_tokens, epochs, state["sources"],
                                    tokens_of=lambda r: len(r["input_ids"])):
                 if self.limit is not None and state["rows"] >= self.limit:
@@ -724,8 +734,10 @@ def describe_documents(stats):
                if k.startswith("dropped_") and v]
     skipped = [f"{v} {k[len('skipped_'):].replace('_', ' ')} skipped" for k, v in sorted(stats.items())
                if k.startswith("skipped_") and v]
+    changed = [f"{stats.get('normalized_nfc', 0)} NFC-normalized",
+               f"{stats.get('removed_control_chars', 0)} stripped of control characters"]
     return ", ".join([f"{stats.get('read', 0)} read", f"{stats.get('kept', 0)} kept"] +
-                     [("dropped: " + ", ".join(dropped)) if dropped else "none dropped"] + skipped)
+                     [("dropped: " + ", ".join(dropped)) if dropped else "none dropped"] + skipped + changed)
 
 
 def rows_from_documents(texts, tokenizer, block_size, num_workers):

@@ -82,7 +82,8 @@ def test_clean_text_nfc_and_controls():
 def test_clean_documents_counts():
     stats = Counter()
     assert list(clean_documents(["x", "", "  ", "x", "Vie\u0302\u0323t", "Vi\u1ec7t"], stats)) == ["x", "Vi\u1ec7t"]
-    assert stats == {"read": 6, "kept": 2, "dropped_empty": 2, "dropped_duplicate": 2}
+    assert stats == {"read": 6, "kept": 2, "dropped_empty": 2, "dropped_duplicate": 2, "normalized_nfc": 1,
+                     "removed_control_chars": 0}
 
 
 def test_read_every_format(tmp_path):
@@ -289,7 +290,10 @@ def test_streaming_split_and_workers_keep_every_token_once(corpus_dir, tmp_path,
 def test_clean_docstring_example_counts_each_reason():
     stats = Counter()
     assert list(clean_documents(["Việt", "", "ok", "Vie\u0302\u0323t"], stats, min_chars=3)) == ["Việt"]
-    assert stats == {"read": 4, "kept": 1, "dropped_empty": 1, "dropped_short": 1, "dropped_duplicate": 1}
+    assert stats == {"read": 4, "kept": 1, "dropped_empty": 1, "dropped_short": 1, "dropped_duplicate": 1,
+                     "normalized_nfc": 1, "removed_control_chars": 0}
+    list(clean_documents(["a\x00b\r\n", "plain\r\ntext"], stats))
+    assert stats["removed_control_chars"] == 1  # the NUL; a Windows line end is not a control character here
 
 
 def test_near_duplicates_are_dropped_only_when_asked():
@@ -357,6 +361,10 @@ def test_mix_docstring_examples():
     assert [n for n, _ in data_utils.mix_rows(opener, {"a": 0.5, "b": 0.5}, "stop")] == ["a", "b", "a"]
     assert data_utils.mixed_order({"a": [4, 4, 4], "b": [4]}, [({"a": 3, "b": 1}, None, 1)], "stop", seed=0) == [
         ("a", 2), ("b", 0), ("a", 0), ("a", 1)]
+    # a source in two phases continues in the second where it stopped in the first: no row again
+    phased = data_utils.mixed_order({"a": [4] * 4, "b": [4] * 2}, [({"a": 1}, 8, 1), ({"a": 1, "b": 1}, 8, 1)],
+                                    "cycle", seed=0)
+    assert [n for n, _ in phased] == ["a", "a", "a", "b"] and len({i for n, i in phased if n == "a"}) == 3
 
 
 @pytest.fixture(scope="module")
@@ -423,6 +431,8 @@ def test_phases_train_in_order_with_their_budgets(mix_cache, tiny_tokenizer):
     is_vi = [tuple(r) in vi_rows for r in train["input_ids"]]
     first_vi = is_vi.index(True)
     assert not any(is_vi[:first_vi]) and 5000 <= sum(map(len, train["input_ids"][:first_vi])) < 5000 + 256
+    first_en = {tuple(r) for r in train["input_ids"][:first_vi]}
+    assert not first_en & {tuple(r) for r, v in zip(train["input_ids"][first_vi:], is_vi[first_vi:]) if not v}
     assert 25000 <= stats["train_tokens"] < 25000 + 2 * 256
     narrow = train["input_ids"][first_vi:]
     vi_share = sum(len(r) for r, v in zip(narrow, is_vi[first_vi:]) if v) / sum(map(len, narrow))

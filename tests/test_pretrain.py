@@ -300,14 +300,16 @@ def base_flags(model_dir, out, *extra):
 def test_prepare_data_only_prints_one_line_of_stats_and_stops(tiny_model_dir, corpus_dir, tmp_path, capsys,
                                                             no_model_loading):
     with open(os.path.join(corpus_dir, "a.txt"), "a", encoding="utf-8") as f:
-        f.write("\n\ntiny\n\nSecond text document.\n")  # one too short, one duplicate
+        # one too short, one duplicate, one decomposed (NFC changes it), one with a control character
+        f.write("\n\ntiny\n\nSecond text document.\n\nVie\u0302\u0323t Nam, decomposed.\n\nA bell\x07 rings.\n")
     for extra in ([], ["--streaming"]):
         out = tmp_path / f"prep{len(extra)}"
         assert pretrain.main(base_flags(tiny_model_dir, out, "--dataset_dir", corpus_dir, "--prepare_data_only",
                                         "--validation_split_percentage", "0", *extra)) is None
         lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("data: ")]
         assert len(lines) == 1 and not out.exists()
-        assert lines[0].startswith("data: documents 10 read, 8 kept, dropped: 1 duplicate, 1 short; train tokens ")
+        assert lines[0].startswith("data: documents 12 read, 10 kept, dropped: 1 duplicate, 1 short, "
+                                   "1 NFC-normalized, 1 stripped of control characters; train tokens ")
         assert "padding " in lines[0] and "tokens/s" in lines[0]
     assert os.listdir(str(tmp_path / "prep0") + "-cache") and not os.path.exists(str(tmp_path / "prep1") + "-cache")
 
