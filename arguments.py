@@ -144,6 +144,82 @@ class ModelArguments:
 
 
 @dataclass
+class Source:
+    name: str
+    path: str
+    weight: float
+
+
+@dataclass
+class Phase:
+    name: str
+    sources: list
+    max_tokens: Optional[int]
+    epochs: int
+
+
+def parse_sources(value, flag):
+    """'vi=data/vi:0.8,en=data/en:0.2', or a list of {name, path, weight} (YAML/JSON) -> [Source]."""
+    if isinstance(value, str) and value.lstrip().startswith("["):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{flag}: not a valid list of sources: {e}") from None
+    items = value if isinstance(value, list) else split_list(value)
+    sources = [source_from_item(item, flag) for item in items]
+    if not sources:
+        raise UserError(f"{flag}: no sources; give name=path:weight, ...")
+    names = [s.name for s in sources]
+    if len(set(names)) != len(names):
+        raise UserError(f"{flag}: a source name is given twice in {', '.join(names)}")
+    return sources
+
+
+def source_from_item(item, flag):
+    if isinstance(item, dict):
+        if set(item) != {"name", "path", "weight"}:
+            raise UserError(f"{flag}: a source needs exactly name, path and weight; got {', '.join(item)}")
+        name, path, weight = str(item["name"]), str(item["path"]), item["weight"]
+    else:
+        name, sep, rest = item.partition("=")
+        path, colon, weight = rest.rpartition(":")
+        if not sep or not colon:
+            raise UserError(f"{flag} {item!r}: expected name=path:weight, e.g. vi=data/vi:0.8")
+    try:
+        weight = float(weight)
+    except ValueError:
+        raise UserError(f"{flag} {name}: weight {weight!r} is not a number") from None
+    if not name.isidentifier() or weight <= 0:
+        raise UserError(f"{flag} {name}: needs a name of letters, digits and _ and a weight above 0")
+    if not os.path.exists(path):
+        raise UserError(f"{flag} {name}={path}: no such file or directory")
+    return Source(name, path, weight)
+
+
+def parse_phases(value):
+    """--phases (a JSON/YAML list of {name?, sources, max_tokens | epochs}) -> [Phase]."""
+    try:
+        phases = json.loads(value)
+    except json.JSONDecodeError as e:
+        raise UserError(f"--phases: not a valid list of phases: {e}") from None
+    if not isinstance(phases, list) or not phases or not all(isinstance(p, dict) for p in phases):
+        raise UserError("--phases: expected a list of phases, each with sources and max_tokens or epochs")
+    result = []
+    for i, phase in enumerate(phases, start=1):
+        name = str(phase.get("name", f"phase{i}"))
+        unknown = set(phase) - {"name", "sources", "max_tokens", "epochs"}
+        if unknown or "sources" not in phase or ("max_tokens" in phase and "epochs" in phase):
+            raise UserError(f"--phases {name}: give sources and one of max_tokens or epochs"
+                            + (f"; unknown key {sorted(unknown)[0]}" if unknown else ""))
+        max_tokens, epochs = phase.get("max_tokens"), phase.get("epochs", 1)
+        if (max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1)) or (
+                not isinstance(epochs, int) or epochs < 1):
+            raise UserError(f"--phases {name}: max_tokens and epochs must be whole numbers of at least 1")
+        result.append(Phase(name, parse_sources(phase["sources"], f"--phases {name}"), max_tokens, epochs))
+    return result
+
+
+@dataclass
 class DataArguments:
     dataset_dir: Optional[str] = field(
         default=None,
@@ -196,11 +272,52 @@ class DataArguments:
                   "same documents are held out whatever --seed is. Ignored with --validation_file."},
     )
     preprocessing_num_workers: Optional[int] = field(
-        default=None, metadata={"help": "Processes used for tokenization. Default: 1."}
+        default=None,
+        metadata={"help": "Processes that tokenize, one core each (the fast tokenizer's own threads are off in "
+                  "them). Default: one process whose fast tokenizer threads use every core."},
     )
     keep_linebreaks: bool = field(
         default=True,
         metadata={"help": "Keep single line breaks inside .txt documents. Off: join a document's lines with spaces."},
+    )
+    min_doc_chars: int = field(
+        default=10,
+        metadata={"help": "Drop documents shorter than this many characters after cleaning (counted as dropped_short). "
+                  "1: drop only empty ones."},
+    )
+    near_dedup_threshold: Optional[float] = field(
+        default=None,
+        metadata={"help": "Also drop near-duplicate documents: MinHash (datasketch) estimated Jaccard similarity of "
+                  "word 5-grams at least this (e.g. 0.8) to a document already kept. Off by default; exact "
+                  "duplicates are always dropped."},
+    )
+    skip_bad_records: bool = field(
+        default=False,
+        metadata={"help": "Skip and count bad records (a broken JSONL line, a document that is not UTF-8, an "
+                  "unreadable .json/.csv file) instead of stopping at the first one with its file and line."},
+    )
+    prepare_data_only: bool = field(
+        default=False,
+        metadata={"help": "Prepare and cache the data (with --streaming: read it through once), print one line of "
+                  "statistics and stop before loading the model."},
+    )
+    mix: Optional[str] = field(
+        default=None,
+        metadata={"help": "Train on several sources mixed by token share, e.g. 'vi=data/vi:0.8,general=data/en:0.2' "
+                  "(name=path:weight; weights are relative). In a YAML config also a list under sources: with "
+                  "name, path and weight. Replaces --dataset_dir/--train_file(s). Each source has its own "
+                  "validation split, evaluated as eval_<name>_loss.", "aliases": ["--sources"]},
+    )
+    mix_exhausted: str = field(
+        default="cycle",
+        metadata={"help": "When a mixed source runs out: cycle (start it again, until every source has been read "
+                  "through) or stop (end the mix, or the phase, there).", "choices": ("cycle", "stop")},
+    )
+    phases: Optional[str] = field(
+        default=None,
+        metadata={"help": "Curriculum: phases trained in order, as a YAML list (or JSON), each with sources (a "
+                  "list of name, path, weight, or a --mix string) and max_tokens or epochs (passes over its "
+                  "sources; default 1). A source in several phases continues where it stopped."},
     )
     data_cache_dir: Optional[str] = field(
         default=None,
@@ -225,6 +342,11 @@ class DataArguments:
                             "must be a percentage in [0, 100)")
         if self.block_size is not None and self.block_size < 2:
             raise UserError(f"--block_size {self.block_size}: must be at least 2 tokens")
+        if self.min_doc_chars < 1:
+            raise UserError(f"--min_doc_chars {self.min_doc_chars}: must be at least 1")
+        if self.near_dedup_threshold is not None and not 0 < self.near_dedup_threshold <= 1:
+            raise UserError(f"--near_dedup_threshold {self.near_dedup_threshold}: must be a similarity in (0, 1]")
+        self.check_mix()
         for flag in ("max_train_samples", "max_eval_samples", "preprocessing_num_workers"):
             value = getattr(self, flag)
             if value is not None and value < 1:
@@ -234,6 +356,31 @@ class DataArguments:
     def named_eval_files(self):
         """--eval_files as {name: path}, in the order given."""
         return named_paths(split_list(self.eval_files), "--eval_files")
+
+    def check_mix(self):
+        if not (self.mix or self.phases):
+            return
+        if self.mix and self.phases:
+            raise UserError("--mix and --phases both given; put the sources in the phases, or drop --phases")
+        given = [f for f in ("dataset_dir", "train_file", "train_files", "dataset_name") if getattr(self, f)]
+        if given:
+            raise UserError(f"--{given[0]} and {'--mix' if self.mix else '--phases'} both give training data; "
+                            "name every source in the mix")
+        clash = set(self.mix_sources) & set(self.named_eval_files)
+        if clash:
+            raise UserError(f"--eval_files: the name {sorted(clash)[0]} is also a source name; rename one")
+
+    @property
+    def curriculum(self):
+        """The phases as Phase objects ([] without --mix/--phases; --mix is one phase, read through once)."""
+        if self.mix:
+            return [Phase("mix", parse_sources(self.mix, "--mix"), None, 1)]
+        return parse_phases(self.phases) if self.phases else []
+
+    @property
+    def mix_sources(self):
+        """{source name: [path]} over every phase, in order of first appearance."""
+        return {s.name: [s.path] for phase in self.curriculum for s in phase.sources}
 
     @property
     def training_paths(self):

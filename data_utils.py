@@ -8,7 +8,9 @@ Every function on the path from documents to rows is pure; `prepare_datasets` wi
 result under a fingerprint of the input contents, the tokenizer and the options.
 """
 
+import contextlib
 import csv
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -21,6 +23,9 @@ from collections import Counter
 from dataclasses import dataclass
 
 import datasets
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 from arguments import UserError
@@ -30,8 +35,10 @@ logger = logging.getLogger(__name__)
 TEXT_EXTENSIONS = (".txt", ".jsonl", ".json", ".csv", ".parquet")
 DEFAULT_TEXT_COLUMNS = ("text", "content")
 # Bump when the prepared rows change for the same inputs, so old caches are not reused.
-PREPARED_FORMAT_VERSION = 1
+PREPARED_FORMAT_VERSION = 2  # 2: int32 rows packed from Arrow arrays
 IGNORE_INDEX = -100
+HISTORY_ROWS = 4096  # resume states kept for the rows a streaming run has taken but not yet trained on
+MAX_LOGGED_SKIPS = 10  # each skipped record is counted; only the first few are logged one by one
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -89,12 +96,24 @@ def pick_text_column(columns, text_column, where, string_columns=None):
                     "Name it with --text_column")
 
 
-def decode_utf8(data, path, base_offset=0):
+def decode_utf8(data, path, base_offset=0, line=None):
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not UTF-8 at byte offset {base_offset + e.start}; convert the file to UTF-8 "
-                        "(e.g. iconv -f LATIN1 -t UTF-8)") from None
+        where = f"{path}:{line}" if line else path
+        raise UserError(f"{where}: not UTF-8 at byte offset {base_offset + e.start}; convert the file to UTF-8 "
+                        "(e.g. iconv -f LATIN1 -t UTF-8) or pass --skip_bad_records") from None
+
+
+def skip_or_raise(error, skipped, key="skipped_bad_records"):
+    """A bad record stops the run (skipped is None), or with --skip_bad_records is logged and counted."""
+    if skipped is None:
+        raise error
+    skipped[key] += 1
+    if skipped[key] <= MAX_LOGGED_SKIPS:
+        logger.warning("skipped (--skip_bad_records): %s", error)
+    elif skipped[key] == MAX_LOGGED_SKIPS + 1:
+        logger.warning("more bad records skipped; the total is counted as %s in the data stats", key)
 
 
 def split_text_documents(text, keep_linebreaks=True):
@@ -121,19 +140,46 @@ def record_text(record, column, where):
     return value or ""
 
 
-def read_jsonl(path, text_column):
+def read_jsonl(path, text_column, skipped=None):
     offset = 0
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
-            line = decode_utf8(raw, path, offset)
-            offset += len(raw)
-            if not line.strip():
-                continue
             try:
-                record = json.loads(line.rstrip("\r\n"))
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{lineno}:{e.colno}: invalid JSON: {e.msg}") from None
-            yield record_text(record, text_column, f"{path}:{lineno}")
+                line = decode_utf8(raw, path, offset, lineno)
+                if line.strip():
+                    yield record_text(parse_json_line(line, path, lineno), text_column, f"{path}:{lineno}")
+            except UserError as e:  # one bad line among millions: stop, or skip and count it
+                skip_or_raise(e, skipped)
+            offset += len(raw)
+
+
+def parse_json_line(line, path, lineno):
+    try:
+        return json.loads(line.rstrip("\r\n"))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}:{lineno}:{e.colno}: invalid JSON: {e.msg}") from None
+
+
+def read_text(path, keep_linebreaks, skipped=None):
+    """Documents of a .txt file, read a line at a time so that a file may be larger than memory; a document
+    with bytes that are not UTF-8 stops the run, or with --skip_bad_records is skipped and counted."""
+    lines, bad, offset = [], False, 0
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = decode_utf8(raw, path, offset, lineno)
+            except UserError as e:
+                skip_or_raise(e, skipped)
+                line, bad = "x", True  # not blank: the rest of this document is dropped with it
+            offset += len(raw)
+            if line.rstrip("\r\n").strip(" \t"):
+                lines.append(line)
+                continue
+            if not bad:
+                yield from split_text_documents("".join(lines), keep_linebreaks)
+            lines, bad = [], False
+    if not bad:
+        yield from split_text_documents("".join(lines), keep_linebreaks)
 
 
 def read_json(path, text_column):
@@ -172,23 +218,32 @@ def read_table(dataset, text_column, where):
         yield from (t or "" for t in batch[column])
 
 
-def read_documents(path, text_column=None, keep_linebreaks=True):
-    """Yield the raw documents of one data path, in file order."""
+def read_documents(path, text_column=None, keep_linebreaks=True, skipped=None):
+    """Yield the raw documents of one data path, in file order. skipped: None stops at the first bad record
+    (a UserError naming file and line); a Counter skips bad records (and unreadable .json/.csv files) and
+    counts them."""
+    if path.endswith(".txt"):
+        yield from read_text(path, keep_linebreaks, skipped)
+    elif path.endswith(".jsonl"):
+        yield from read_jsonl(path, text_column, skipped)
+    elif is_saved_dataset(path) or path.endswith((".json", ".csv", ".parquet")):
+        try:
+            yield from read_whole_file(path, text_column)
+        except UserError as e:
+            skip_or_raise(e, skipped, "skipped_bad_files")
+    else:
+        raise UserError(f"{path}: unsupported file type; use one of {', '.join(TEXT_EXTENSIONS)}")
+
+
+def read_whole_file(path, text_column):
     if is_saved_dataset(path):
         yield from read_table(datasets.load_from_disk(path), text_column, path)
-    elif path.endswith(".txt"):
-        with open(path, "rb") as f:
-            yield from split_text_documents(decode_utf8(f.read(), path), keep_linebreaks)
-    elif path.endswith(".jsonl"):
-        yield from read_jsonl(path, text_column)
     elif path.endswith(".json"):
         yield from read_json(path, text_column)
     elif path.endswith(".csv"):
         yield from read_csv(path, text_column)
-    elif path.endswith(".parquet"):
-        yield from read_table(datasets.Dataset.from_parquet(path), text_column, path)
     else:
-        raise UserError(f"{path}: unsupported file type; use one of {', '.join(TEXT_EXTENSIONS)}")
+        yield from read_table(datasets.Dataset.from_parquet(path), text_column, path)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -208,22 +263,66 @@ def clean_text(text):
     return _CONTROL.sub("", text).strip()
 
 
-def clean_documents(texts, stats):
-    """Clean each document, drop empty ones and exact duplicates; count what was dropped in `stats`."""
+def clean_documents(texts, stats, min_chars=1, near_duplicates=None):
+    """Clean each document; drop empty, too short (fewer than min_chars characters), exactly repeated and,
+    with a NearDuplicates filter, near-duplicate ones. Counts each reason in `stats`.
+
+    >>> stats = Counter()
+    >>> list(clean_documents(["Việt", "", "ok", "Vie\u0302\u0323t"], stats, min_chars=3))
+    ['Việt']
+    >>> dict(stats)  # each step counted: documents changed by NFC or by removing control characters, dropped
+    {'read': 4, 'normalized_nfc': 1, 'removed_control_chars': 0, 'kept': 1, 'dropped_empty': 1, 'dropped_short': 1,
+     'dropped_duplicate': 1}
+    """
     seen = set()
     for text in texts:
         stats["read"] += 1
+        stats["normalized_nfc"] += not unicodedata.is_normalized("NFC", text)
+        stats["removed_control_chars"] += bool(_CONTROL.search(text.replace("\r\n", "\n").replace("\r", "\n")))
         text = clean_text(text)
-        if not text:
-            stats["dropped_empty"] += 1
+        reason = "empty" if not text else "short" if len(text) < min_chars else None
+        if reason is None:
+            # 8-byte digests as ints: about 60 bytes a kept document, the one thing that grows with the corpus
+            digest = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
+            reason = "duplicate" if digest in seen else None
+            seen.add(digest)
+        if reason is None and near_duplicates is not None and near_duplicates.seen(text):
+            reason = "near_duplicate"
+        if reason:
+            stats[f"dropped_{reason}"] += 1
             continue
-        digest = hashlib.blake2b(text.encode(), digest_size=16).digest()
-        if digest in seen:
-            stats["dropped_duplicate"] += 1
-            continue
-        seen.add(digest)
         stats["kept"] += 1
         yield text
+
+
+class NearDuplicates:
+    """Near-duplicate detection by MinHash LSH (datasketch): a document whose estimated Jaccard similarity
+    to one already kept is at least `threshold` is a near duplicate. Shingles are word 5-grams (whole words
+    for shorter texts). The index stays in memory: about num_perm x 8 bytes a kept document."""
+
+    def __init__(self, threshold, num_perm=128, seed=1):
+        from datasketch import MinHash, MinHashLSH
+
+        self._minhash = lambda: MinHash(num_perm=num_perm, seed=seed)
+        self.lsh, self.count = MinHashLSH(threshold=threshold, num_perm=num_perm), 0
+
+    def seen(self, text):
+        """True when text is a near duplicate of a document seen before; otherwise remember it."""
+        words = text.split()
+        shingles = {" ".join(words[i:i + 5]).encode() for i in range(max(1, len(words) - 4))}
+        signature = self._minhash()
+        signature.update_batch(list(shingles))
+        if self.lsh.query(signature):
+            return True
+        self.lsh.insert(str(self.count), signature)
+        self.count += 1
+        return False
+
+
+def cleaner(data_args):
+    """clean_documents with the flags' settings: texts, stats -> kept texts."""
+    near = NearDuplicates(data_args.near_dedup_threshold) if data_args.near_dedup_threshold else None
+    return lambda texts, stats: clean_documents(texts, stats, data_args.min_doc_chars, near)
 
 
 def document_hash_fraction(text):
@@ -265,15 +364,53 @@ def tokenize_documents(texts, tokenizer):
     if tokenizer.eos_token_id is None:
         raise UserError("the tokenizer has no EOS token; documents could not be separated. Give a tokenizer "
                         "with an eos_token")
-    encoded = tokenizer(list(texts), add_special_tokens=True, verbose=False)["input_ids"]
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and backend.truncation is None and backend.padding is None:
+        # the Rust tokenizer straight: transformers' wrapper would also build attention masks we never use
+        encoded = [e.ids for e in backend.encode_batch_fast(list(texts), add_special_tokens=True)]
+    else:
+        encoded = tokenizer(list(texts), add_special_tokens=True, verbose=False)["input_ids"]
     eos = tokenizer.eos_token_id
     return [ids if ids and ids[-1] == eos else ids + [eos] for ids in encoded]
 
 
+def tokenized_arrow(texts, tokenizer):
+    """tokenize_documents as an Arrow list array (int32), written by datasets without a Python pass."""
+    ids = tokenize_documents(texts, tokenizer)
+    offsets = np.zeros(len(ids) + 1, dtype=np.int32)
+    np.cumsum([len(i) for i in ids], out=offsets[1:])
+    values = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=int(offsets[-1]))
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
+
+
+def pack_token_array(values, doc_lengths, block_size):
+    """pack_documents on arrays: every document's tokens end to end (values), cut every block_size tokens.
+    Returns (row offsets into values, position_ids for every token); the rows equal pack_documents'.
+
+    >>> pack_token_array(np.array([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]), np.array([3, 2, 5]), block_size=4)
+    (array([ 0,  4,  8, 10]), array([0, 1, 2, 0, 0, 0, 1, 2, 0, 1]))
+    """
+    n = len(values)
+    index = np.arange(n)
+    doc_start = np.repeat(np.cumsum(doc_lengths) - doc_lengths, doc_lengths)
+    positions = index - np.maximum(doc_start, index // block_size * block_size)
+    return np.append(np.arange(0, n, block_size), n) if n else np.zeros(1, dtype=np.int64), positions
+
+
 def iter_packed_rows(token_lists, block_size):
     """Lay documents end to end and cut rows of block_size tokens; one row at a time (see pack_documents)."""
+    return (row for row, _ in iter_packed_rows_at(token_lists, block_size))
+
+
+def iter_packed_rows_at(token_lists, block_size):
+    """(row, where the next row starts) for each row of iter_packed_rows; `where` is (documents done, tokens
+    into the next document), so packing can resume there with the same rows.
+
+    >>> list(iter_packed_rows_at([[1, 2, 3], [4]], block_size=2))
+    [({'input_ids': [1, 2], 'position_ids': [0, 1]}, (0, 2)), ({'input_ids': [3, 4], 'position_ids': [0, 0]}, (2, 0))]
+    """
     ids, pos = [], []
-    for doc in token_lists:
+    for index, doc in enumerate(token_lists):
         start = 0
         while start < len(doc):
             take = doc[start:start + block_size - len(ids)]
@@ -281,10 +418,10 @@ def iter_packed_rows(token_lists, block_size):
             pos += range(len(take))
             start += len(take)
             if len(ids) == block_size:
-                yield {"input_ids": ids, "position_ids": pos}
+                yield {"input_ids": ids, "position_ids": pos}, (index + 1, 0) if start == len(doc) else (index, start)
                 ids, pos = [], []
     if ids:
-        yield {"input_ids": ids, "position_ids": pos}
+        yield {"input_ids": ids, "position_ids": pos}, (index + 1, 0)
 
 
 def pack_documents(token_lists, block_size):
@@ -375,56 +512,186 @@ class FlattenedCollator:
         return self.flatten([doc for row in rows for doc in split_row_documents(row)])
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Mixing sources and curriculum phases
+
+
+def mix_rows(open_source, weights, exhausted="cycle", max_tokens=None, epochs=1, state=None, tokens_of=len):
+    """Interleave the rows of several sources so that each one's share of the tokens follows its weight.
+
+    The next row always comes from the source furthest below its share (tokens taken / weight smallest,
+    ties to the first named), so at any point the shares are off by at most one row: deterministic and exact,
+    where sampling each row at random (datasets.interleave_datasets) is only right on average and could not
+    resume a stream at a row. open_source(name, pass_number, position) -> iterator of (row, position after
+    it), from `position` (None: the start). A source that runs out restarts (exhausted="cycle") until every
+    source has been read `epochs` times, or ends the mix ("stop"); max_tokens ends it earlier. `state` (a
+    dict, updated as rows are yielded) lets a stream resume. Yields (name, row).
+
+    >>> rows = {"a": [[1, 1], [2, 2], [3, 3]], "b": [[9, 9]]}
+    >>> opener = lambda name, n, at: ((r, i + 1) for i, r in enumerate(rows[name]) if i >= (at or 0))
+    >>> list(mix_rows(opener, {"a": 0.75, "b": 0.25}, "stop"))
+    [('a', [1, 1]), ('b', [9, 9]), ('a', [2, 2]), ('a', [3, 3])]
+    """
+    state = state if state is not None else {}
+    for name in weights:
+        state.setdefault(name, {"pass": 0, "passes_done": 0, "position": None, "tokens": 0})
+    iterators = {name: open_source(name, s["pass"], s["position"]) for name, s in state.items() if name in weights}
+    while max_tokens is None or sum(state[n]["tokens"] for n in weights) < max_tokens:
+        name = min(weights, key=lambda n: state[n]["tokens"] / weights[n])
+        s = state[name]
+        item = next(iterators[name], None)
+        if item is None:  # this pass over the source has ended
+            if s["position"] is None and exhausted == "cycle":
+                raise UserError(f"source {name}: no rows to mix; check its path, --min_doc_chars and the split")
+            s["passes_done"] += 1
+            if s["position"] is None or (exhausted == "stop" and s["passes_done"] >= epochs) or all(
+                    state[n]["passes_done"] >= epochs for n in weights):
+                return
+            s.update({"pass": s["pass"] + 1, "position": None})
+            iterators[name] = open_source(name, s["pass"], None)
+            continue
+        row, s["position"] = item
+        s["tokens"] += tokens_of(row)
+        yield name, row
+
+
+def shuffled_rows_opener(lengths, seed):
+    """open_source for mix_rows over prepared rows: each source's rows in a seeded random order, a new order
+    each pass; a row is (index within its source, tokens)."""
+    names = list(lengths)
+
+    def open_source(name, pass_number, position):
+        order = np.random.default_rng([seed, names.index(name), pass_number]).permutation(len(lengths[name]))
+        return (((int(i), lengths[name][i]), k + 1) for k, i in enumerate(order) if k >= (position or 0))
+    return open_source
+
+
+def mixed_order(lengths, phases, exhausted, seed):
+    """Rows of every phase in order, as (source, index within the source): the training order of a mix.
+
+    >>> mixed_order({"a": [4, 4, 4], "b": [4]}, [({"a": 3, "b": 1}, None, 1)], "stop", seed=0)
+    [('a', 2), ('b', 0), ('a', 0), ('a', 1)]
+    """
+    order, opener, state = [], shuffled_rows_opener(lengths, seed), {}
+    for weights, max_tokens, epochs in phases:
+        state = next_phase_state(state)
+        order += [(name, row[0]) for name, row in mix_rows(opener, weights, exhausted, max_tokens, epochs, state,
+                                                           tokens_of=lambda row: row[1])]
+    return order
+
+
+def next_phase_state(sources):
+    """mix_rows state for the next phase: every source keeps its place (a source in several phases continues
+    where it stopped), but token counts and finished passes start again, as the phase's budget does."""
+    return {name: {**s, "tokens": 0, "passes_done": 0} for name, s in sources.items()}
+
+
 class StreamingRows(torch.utils.data.IterableDataset):
     """Packed rows made on the fly from the files, for corpora larger than memory: documents are read,
     cleaned, split, tokenized a batch at a time and packed as the Trainer asks for rows; nothing is cached.
+    With several sources, their rows are mixed by mix_rows, phase after phase.
 
     The split is the same hash rule as prepare_datasets (without its at-least-one rule, which needs every
     document first). Dataloader workers take every n-th document each, so no token is read twice.
+    Resuming: `resume_state` (from state_after) starts at the next unseen row: the documents before it are
+    read again (cleaning and dedupe need them) but not tokenized.
     """
 
-    def __init__(self, paths, data_args, tokenizer, block_size, held_out=None, limit=None, batch_documents=1000):
+    def __init__(self, sources, data_args, tokenizer, block_size, held_out=None, limit=None, phases=None,
+                 batch_documents=1000):
         super().__init__()
-        self.paths, self.data_args, self.tokenizer, self.block_size = paths, data_args, tokenizer, block_size
+        self.sources, self.data_args, self.tokenizer, self.block_size = sources, data_args, tokenizer, block_size
         self.held_out, self.limit, self.batch_documents = held_out, limit, batch_documents
+        self.phases = phases or [({name: 1.0 for name in sources}, None, 1)]
+        self.exhausted = data_args.mix_exhausted if phases else "stop"
+        self.stats, self.resume_state, self.history, self.taken = Counter(), None, {}, 0
 
-    def documents(self):
+    def documents(self, name):
         worker = torch.utils.data.get_worker_info()
         shard, shards = (worker.id, worker.num_workers) if worker else (0, 1)
-        texts = (d for path in list_data_files(self.paths)
-                 for d in read_documents(path, self.data_args.text_column, self.data_args.keep_linebreaks))
+        texts = (d for path in list_data_files(self.sources[name]) for d in read_documents(
+            path, self.data_args.text_column, self.data_args.keep_linebreaks,
+            self.stats if self.data_args.skip_bad_records else None))
         threshold = self.data_args.validation_split_percentage / 100
-        for i, text in enumerate(clean_documents(texts, Counter())):
+        for i, text in enumerate(cleaner(self.data_args)(texts, self.stats)):
             if i % shards == shard and (self.held_out is None or (document_hash_fraction(text) < threshold)
                                         == self.held_out):
                 yield text
 
-    def token_lists(self):
-        batch = []
-        for text in self.documents():
-            batch.append(text)
-            if len(batch) == self.batch_documents:
-                yield from tokenize_documents(batch, self.tokenizer)
-                batch = []
-        yield from tokenize_documents(batch, self.tokenizer) if batch else ()
+    def token_lists(self, texts):
+        while batch := list(itertools.islice(texts, self.batch_documents)):
+            yield from tokenize_documents(batch, self.tokenizer)
+
+    def source_rows(self, name, pass_number, position):
+        """(row, position after it) of one source from position (documents done, tokens into the next)."""
+        done, into = position or (0, 0)
+        texts = self.documents(name)
+        for _ in itertools.islice(texts, done):  # read again, not tokenized
+            pass
+        tokens = self.token_lists(texts)
+        first = next(tokens, None)
+        if first is None:
+            return
+        for row, (d, t) in iter_packed_rows_at(itertools.chain([first[into:]], tokens), self.block_size):
+            yield row, (done + d, t + into if d == 0 else t)
 
     def __iter__(self):
-        return itertools.islice(iter_packed_rows(self.token_lists(), self.block_size), self.limit)
+        state = json.loads(json.dumps(self.resume_state or {"phase": 0, "rows": 0, "sources": {}}))
+        self.taken = state.pop("taken", self.taken)
+        self.resume_state = None  # a later pass (the Trainer's next epoch) starts at the beginning
+        for k in range(state["phase"], len(self.phases)):
+            weights, max_tokens, epochs = self.phases[k]
+            if k != state["phase"]:
+                state.update(phase=k, sources=next_phase_state(state["sources"]))
+            for _, row in mix_rows(self.source_rows, weights, self.exhausted, max_tokens, epochs, state["sources"],
+                                   tokens_of=lambda r: len(r["input_ids"])):
+                if self.limit is not None and state["rows"] >= self.limit:
+                    return
+                state["rows"] += 1
+                self.taken += 1
+                self.history[self.taken] = json.dumps({**state, "taken": self.taken})
+                self.history.pop(self.taken - HISTORY_ROWS, None)
+                yield row
+
+    def state_after(self, rows):
+        """Where to resume after the first `rows` rows this dataset gave (over every pass), or None when they
+        are too far back (or were read in dataloader worker processes)."""
+        return json.loads(self.history[rows]) if rows in self.history else None
 
 
 def streaming_datasets(data_args, tokenizer, block_size):
-    """(train, validation) StreamingRows; validation is None when nothing is held out."""
-    train_paths = data_args.training_paths
+    """(train, validation) StreamingRows; validation is None when nothing is held out, {source: rows} for a mix."""
+    phases, sources = data_args.curriculum, data_args.mix_sources
+    if phases:
+        train = StreamingRows(sources, data_args, tokenizer, block_size, held_out=None if data_args.validation_file
+                              or not data_args.validation_split_percentage else False,
+                              limit=data_args.max_train_samples, phases=[phase_weights(p) for p in phases])
+        if data_args.validation_file or not data_args.validation_split_percentage:
+            return train, validation_stream(data_args, tokenizer, block_size)
+        return train, {name: StreamingRows({name: paths}, data_args, tokenizer, block_size, held_out=True,
+                                           limit=data_args.max_eval_samples) for name, paths in sources.items()}
+    train_paths = {"train": data_args.training_paths}
     if data_args.validation_file:
         return (StreamingRows(train_paths, data_args, tokenizer, block_size, limit=data_args.max_train_samples),
-                StreamingRows([data_args.validation_file], data_args, tokenizer, block_size,
-                              limit=data_args.max_eval_samples))
+                validation_stream(data_args, tokenizer, block_size))
     split = data_args.validation_split_percentage > 0
     train = StreamingRows(train_paths, data_args, tokenizer, block_size, held_out=False if split else None,
                           limit=data_args.max_train_samples)
     validation = StreamingRows(train_paths, data_args, tokenizer, block_size, held_out=True,
                                limit=data_args.max_eval_samples) if split else None
     return train, validation
+
+
+def validation_stream(data_args, tokenizer, block_size):
+    if not data_args.validation_file:
+        return None
+    return StreamingRows({"validation": [data_args.validation_file]}, data_args, tokenizer, block_size,
+                         limit=data_args.max_eval_samples)
+
+
+def phase_weights(phase):
+    """(weights {source: weight}, max_tokens, epochs) of a curriculum phase, as mix_rows takes them."""
+    return {s.name: s.weight for s in phase.sources}, phase.max_tokens, phase.epochs
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -486,31 +753,68 @@ def save_atomically(dataset_dict, stats, target):
 
 def read_clean_documents(paths, data_args, stats, max_documents=None, extra=None):
     """Read every path (and an already loaded dataset `extra`), clean, dedupe; at most max_documents."""
+    skipped = stats if data_args.skip_bad_records else None
     docs = list(read_table(extra, data_args.text_column, data_args.dataset_name)) if extra is not None else []
     for path in list_data_files(paths) if paths else []:
-        docs += read_documents(path, data_args.text_column, data_args.keep_linebreaks)
+        docs += read_documents(path, data_args.text_column, data_args.keep_linebreaks, skipped)
         if max_documents and len(docs) >= max_documents:
             break
-    return list(clean_documents(docs[:max_documents], stats))
+    return list(cleaner(data_args)(docs[:max_documents], stats))
+
+
+def describe_documents(stats):
+    """'12 read, 9 kept, dropped: 1 empty, 2 duplicate' from the cleaning and reading counts."""
+    dropped = [f"{v} {k[len('dropped_'):].replace('_', '-')}" for k, v in sorted(stats.items())
+               if k.startswith("dropped_") and v]
+    skipped = [f"{v} {k[len('skipped_'):].replace('_', ' ')} skipped" for k, v in sorted(stats.items())
+               if k.startswith("skipped_") and v]
+    changed = [f"{stats.get('normalized_nfc', 0)} NFC-normalized",
+               f"{stats.get('removed_control_chars', 0)} stripped of control characters"]
+    return ", ".join([f"{stats.get('read', 0)} read", f"{stats.get('kept', 0)} kept"] +
+                     [("dropped: " + ", ".join(dropped)) if dropped else "none dropped"] + skipped + changed)
 
 
 def rows_from_documents(texts, tokenizer, block_size, num_workers):
-    """Tokenize (batched, in parallel through datasets.map) and pack documents into a Dataset of rows."""
-    if not texts:
-        return datasets.Dataset.from_dict({"input_ids": [], "position_ids": []})
-    docs = datasets.Dataset.from_dict({"text": texts})
-    tokenized = docs.map(lambda b: {"ids": tokenize_documents(b["text"], tokenizer)}, batched=True,
-                         num_proc=num_workers if num_workers and num_workers > 1 and len(texts) > 1 else None,
-                         remove_columns=["text"], desc="Tokenizing")
-    return datasets.Dataset.from_dict(pack_documents(tokenized["ids"], block_size))
+    """Tokenize documents (batched; --preprocessing_num_workers processes through datasets.map, else one
+    process whose fast tokenizer uses every core) and pack them into a Dataset of rows, without a Python
+    loop over tokens."""
+    docs = datasets.Dataset.from_dict({"text": texts}).with_format("arrow")
+    parallel = num_workers is not None and num_workers > 1 and len(texts) > 1
+    with tokenizer_threads(num_workers is None):
+        # new_fingerprint: the cache is ours (keyed in prepare_datasets); hashing the tokenizer would cost time
+        tokenized = docs.map(lambda b: pa.table({"ids": tokenized_arrow(b["text"].to_pylist(), tokenizer)}),
+                             batched=True, batch_size=1000 if parallel else 10000, remove_columns=["text"],
+                             num_proc=num_workers if parallel else None, desc="Tokenizing",
+                             new_fingerprint=f"tokenized-{len(texts)}")
+    ids = tokenized.data.column("ids").combine_chunks() if len(texts) else pa.array([], pa.list_(pa.int32()))
+    values = ids.values.to_numpy(zero_copy_only=False)
+    row_offsets, positions = pack_token_array(values, np.diff(ids.offsets.to_numpy()), block_size)
+    offsets = pa.array(row_offsets.astype(np.int32))
+    return datasets.Dataset(pa.table({"input_ids": pa.ListArray.from_arrays(offsets, pa.array(values)),
+                                      "position_ids": pa.ListArray.from_arrays(offsets, pa.array(
+                                          positions.astype(np.int32)))}))
+
+
+@contextlib.contextmanager
+def tokenizer_threads(enabled):
+    """The fast tokenizer's own threads on (every core) or off (one core a worker process)."""
+    before = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "true" if enabled else "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["TOKENIZERS_PARALLELISM"]
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = before
 
 
 def split_stats(name, rows, texts):
     """Rows, tokens, scored tokens (labels that are not -100) and UTF-8 bytes of one prepared split: bits per
     byte = mean loss x scored tokens / bytes / ln 2."""
-    positions = rows["position_ids"]
-    return {f"{name}_documents": len(texts), f"{name}_rows": len(rows), f"{name}_tokens": sum(map(len, positions)),
-            f"{name}_scored_tokens": sum(sum(1 for p in row if p) for row in positions),
+    positions = rows.data.column("position_ids").combine_chunks().values.to_numpy(zero_copy_only=False)
+    return {f"{name}_documents": len(texts), f"{name}_rows": len(rows), f"{name}_tokens": len(positions),
+            f"{name}_scored_tokens": int((positions != 0).sum()),
             f"{name}_bytes": sum(len(t.encode("utf-8")) for t in texts)}
 
 
@@ -523,8 +827,7 @@ def build_datasets(data_args, tokenizer, block_size, max_documents=None, extra=N
         train_docs, validation_docs = split_documents(train_docs, data_args.validation_split_percentage)
     if not train_docs:
         where = ", ".join(data_args.training_paths) or data_args.dataset_name
-        raise UserError(f"{where}: no training documents with text ({stats['read']} read, "
-                        f"{stats['dropped_empty']} empty, {stats['dropped_duplicate']} duplicates)")
+        raise UserError(f"{where}: no training documents with text ({describe_documents(stats)})")
     documents = {"train": train_docs, "validation": validation_docs}
     for name, path in data_args.named_eval_files.items():
         documents[f"eval_{name}"] = read_clean_documents([path], data_args, Counter(), max_documents)
@@ -543,7 +846,8 @@ def prepare_datasets(data_args, tokenizer, block_size, max_documents=None):
     if not (data_args.training_paths or data_args.dataset_name):
         raise UserError("no training data given; use --dataset_dir, --train_file(s) or --dataset_name")
     extra = None
-    options = {k: getattr(data_args, k) for k in ("text_column", "keep_linebreaks", "validation_split_percentage")}
+    options = {k: getattr(data_args, k) for k in ("text_column", "keep_linebreaks", "validation_split_percentage",
+                                                  "min_doc_chars", "near_dedup_threshold", "skip_bad_records")}
     options.update(block_size=block_size, max_documents=max_documents)
     if data_args.dataset_name:
         extra = datasets.load_dataset(data_args.dataset_name, data_args.dataset_config_name, split="train")
@@ -561,3 +865,38 @@ def prepare_datasets(data_args, tokenizer, block_size, max_documents=None):
     save_atomically(dataset_dict, stats, target)
     logger.info("Prepared data cached in %s: %s", target, stats)
     return datasets.load_from_disk(target), stats
+
+
+def row_lengths(dataset):
+    """Tokens of each row of a prepared split, read from the Arrow column without decoding the rows."""
+    return pc.list_value_length(dataset.data.column("input_ids")).to_pylist()
+
+
+def prepare_mixed_datasets(data_args, tokenizer, block_size, seed, max_documents=None):
+    """(train rows in mix/curriculum order, {source: held-out rows} plus --eval_files sets, stats).
+
+    Each source is prepared and cached on its own (its own hash split), then mixed by mixed_order over its
+    rows: the token shares hold exactly (to one row) at every point of the run, so the rows must be
+    trained in this order (the Trainer's sampler is set to sequential)."""
+    prepared, stats = {}, Counter()
+    for i, (name, paths) in enumerate(data_args.mix_sources.items()):
+        args = dataclasses.replace(data_args, dataset_dir=None, train_file=None, train_files=paths, mix=None,
+                                   phases=None, eval_files=None if i else data_args.eval_files)
+        prepared[name], source_stats = prepare_datasets(args, tokenizer, block_size, max_documents)
+        stats.update({k: v for k, v in source_stats.items() if not k.startswith(("train_", "validation_", "eval_"))})
+        stats.update({f"{name}_{k}" if k.startswith("validation_") else k: v for k, v in source_stats.items()
+                      if k.startswith(("validation_", "eval_"))})
+    lengths = {name: row_lengths(d["train"]) for name, d in prepared.items()}
+    order = mixed_order(lengths, [phase_weights(p) for p in data_args.curriculum], data_args.mix_exhausted, seed)
+    offsets = dict(zip(lengths, itertools.accumulate([0] + [len(v) for v in lengths.values()])))
+    train = datasets.concatenate_datasets([d["train"] for d in prepared.values()])
+    train = train.select([offsets[name] + i for name, i in order])
+    taken = Counter()
+    for name, i in order:
+        taken[name] += lengths[name][i]
+    stats.update(train_rows=len(order), train_tokens=sum(taken.values()),
+                 **{f"share_{name}": round(taken[name] / max(sum(taken.values()), 1), 4) for name in lengths})
+    evals = {name: d["validation"] for name, d in prepared.items() if "validation" in d}
+    first = prepared[next(iter(prepared))]
+    evals.update({split[len("eval_"):]: first[split] for split in first if split.startswith("eval_")})
+    return train, evals, dict(stats)

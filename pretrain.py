@@ -13,6 +13,7 @@ import math
 import os
 import re
 import sys
+import time
 
 import datasets
 import torch
@@ -25,11 +26,13 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, SchedulerType, rot
 import plan_utils
 import report_utils
 from arguments import UserError, parse_args, split_list
-from data_utils import FlattenedCollator, PackedCollator, list_data_files, prepare_datasets, streaming_datasets
+from data_utils import (FlattenedCollator, PackedCollator, StreamingRows, describe_documents, list_data_files,
+                        prepare_datasets, prepare_mixed_datasets, streaming_datasets)
 
 logger = logging.getLogger("pretrain")
 DEBUG_MAX_DOCUMENTS = 1000
 COMPLETE_MARKER = "checkpoint_complete"  # written last: a checkpoint without it is never resumed from
+DATA_STATE = "data_state.json"  # where a streaming run resumes: the next unseen row of every source
 
 
 def perplexity(loss):
@@ -45,9 +48,9 @@ class PretrainTrainer(Trainer):
     bits per byte = mean loss x scored tokens / bytes / ln 2, comparable across tokenizers.
     """
 
-    def __init__(self, *args, eval_sizes=None, **kwargs):
+    def __init__(self, *args, eval_sizes=None, train_in_order=False, **kwargs):
         super().__init__(*args, **kwargs)
-        self.eval_sizes = eval_sizes or {}
+        self.eval_sizes, self.train_in_order = eval_sizes or {}, train_in_order
 
     def _save_checkpoint(self, model, trial):
         # The Trainer deletes old checkpoints (--save_total_limit) as soon as the main process has written
@@ -62,6 +65,7 @@ class PretrainTrainer(Trainer):
         if self.args.should_save:
             run_dir = self._get_output_dir(trial)
             folder = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            self.save_data_state(folder)
             open(os.path.join(folder, COMPLETE_MARKER), "w").close()
             rotate_checkpoints(run_dir, limit, self.state.best_model_checkpoint, use_mtime=True)
 
@@ -71,6 +75,27 @@ class PretrainTrainer(Trainer):
             self.args.lr_scheduler_kwargs.setdefault(
                 "num_decay_steps", max(1, round(self.args.decay_ratio * num_training_steps)))
         return super().create_scheduler(num_training_steps, optimizer)
+
+    def save_data_state(self, folder):
+        """A streaming run stores where its rows continue; resuming then reads on from there instead of
+        making (tokenizing) every row already trained on again to skip it."""
+        if not isinstance(self.train_dataset, StreamingRows):
+            return
+        args = self.args
+        rows = self.state.global_step * args.per_device_train_batch_size * args.gradient_accumulation_steps * max(
+            args.world_size, 1)
+        state = self.train_dataset.state_after(rows)
+        if state is None:
+            logger.warning("%s: no streaming position stored (dataloader workers hold it); a resumed run skips the "
+                           "rows trained on by reading them again", folder)
+            return
+        with open(os.path.join(folder, DATA_STATE), "w") as f:
+            json.dump(state, f)
+
+    def _get_train_sampler(self, train_dataset=None):
+        if self.train_in_order:  # a mix comes in its training order: shares exact at every step, phases in turn
+            return torch.utils.data.SequentialSampler(train_dataset if train_dataset is not None else self.train_dataset)
+        return super()._get_train_sampler(train_dataset)
 
     def log(self, logs, start_time=None):
         # evaluate() logs and returns the same dict, so the perplexity lands in both
@@ -336,29 +361,79 @@ def scored_sizes(dataset, stats, split):
 
 
 def build_datasets(data_args, training_args, tokenizer, block_size):
-    """(train dataset, eval dataset or {name: dataset}, {metric prefix: (scored tokens, bytes)})."""
-    sizes = {}
+    """(train dataset, eval dataset or {name: dataset}, {metric prefix: (scored tokens, bytes)}, stats)."""
     if data_args.streaming:
-        if training_args.do_train and training_args.max_steps <= 0:
-            raise UserError("--streaming needs --max_steps: a stream has no length to count epochs by")
-        if data_args.dataset_name or data_args.eval_files:
-            raise UserError("--streaming reads --dataset_dir/--train_file(s) and --validation_file only; drop "
-                            "--dataset_name/--eval_files or --streaming")
-        list_data_files(data_args.training_paths)  # fail now, before the model loads, if there is nothing
-        train, validation = streaming_datasets(data_args, tokenizer, block_size)
+        train, validation = streaming_data(data_args, training_args, tokenizer, block_size)
+        sizes, stats = {}, None
     else:
         max_documents = DEBUG_MAX_DOCUMENTS if training_args.debug_mode else None
         with training_args.main_process_first(desc="preparing data"):  # rank 0 prepares; the others read its cache
-            prepared, stats = prepare_datasets(data_args, tokenizer, block_size, max_documents)
+            if data_args.curriculum:
+                train, sets, stats = prepare_mixed_datasets(data_args, tokenizer, block_size, training_args.seed,
+                                                            max_documents)
+            else:
+                prepared, stats = prepare_datasets(data_args, tokenizer, block_size, max_documents)
+        logger.info("Documents: %s", describe_documents(stats))
         logger.info("Data: %s", json.dumps(stats))
-        train = select_rows(prepared["train"], data_args.max_train_samples)
-        validation, sizes = eval_sets(prepared, stats, data_args)
-    if training_args.do_eval and validation is None:
+        if data_args.curriculum:
+            logger.info("Mix token shares: %s", {k[6:]: v for k, v in stats.items() if k.startswith("share_")})
+            train = select_rows(train, data_args.max_train_samples)
+            validation, sizes = mixed_eval_sets(sets, stats, data_args)
+        else:
+            train = select_rows(prepared["train"], data_args.max_train_samples)
+            validation, sizes = eval_sets(prepared, stats, data_args)
+    if training_args.do_eval and not validation:
         raise UserError("--do_eval needs validation data: set --validation_split_percentage above 0, or give "
                         "--validation_file or --eval_files")
     if training_args.debug_mode:
         logger.info("First training row, decoded: %r", tokenizer.decode(next(iter(train))["input_ids"]))
-    return train, validation, sizes
+    return train, validation, sizes, stats
+
+
+def streaming_data(data_args, training_args, tokenizer, block_size):
+    if training_args.do_train and training_args.max_steps <= 0 and not data_args.prepare_data_only:
+        raise UserError("--streaming needs --max_steps: a stream has no length to count epochs by")
+    if data_args.dataset_name:
+        raise UserError("--streaming reads --dataset_dir/--train_file(s)/--mix and --validation_file only; drop "
+                        "--dataset_name or --streaming")
+    if data_args.eval_files and not data_args.curriculum:
+        raise UserError("--streaming takes --eval_files only with --mix/--phases; drop --eval_files or --streaming")
+    list_data_files(data_args.training_paths or [p for ps in data_args.mix_sources.values() for p in ps])
+    return streaming_datasets(data_args, tokenizer, block_size)
+
+
+def mixed_eval_sets(sets, stats, data_args):
+    """Each mixed source's held-out rows (and each --eval_files set) as a named eval set."""
+    sets = {name: select_rows(d, data_args.max_eval_samples) for name, d in sets.items()}
+    splits = {name: f"eval_{name}" if name in data_args.named_eval_files else f"{name}_validation" for name in sets}
+    return sets, {f"eval_{name}": scored_sizes(sets[name], stats, splits[name]) for name in sets}
+
+
+def data_stats_line(stats, block_size, seconds):
+    """The one line --prepare_data_only prints: documents, tokens, rows, padding, time, tokens/s."""
+    tokens, rows = stats.get("train_tokens", 0), stats.get("train_rows", 0)
+    padding = 1 - tokens / (rows * block_size) if rows else 0.0
+    return (f"data: documents {describe_documents(stats)}; train tokens {tokens:,}, rows {rows:,} of {block_size}, "
+            f"padding {padding:.2%}; {seconds:.1f} s, {tokens / max(seconds, 1e-9):,.0f} tokens/s")
+
+
+def stream_through(train):
+    """Read a streaming training set once (--prepare_data_only): its stats with train rows and tokens."""
+    rows = tokens = 0
+    for row in train:
+        rows, tokens = rows + 1, tokens + len(row["input_ids"])
+    return {**train.stats, "train_rows": rows, "train_tokens": tokens}
+
+
+def resume_streaming_position(train_dataset, resume, training_args):
+    """Continue a streaming run at its next unseen row, from the position its checkpoint stored."""
+    path = os.path.join(resume, DATA_STATE) if resume else None
+    if not isinstance(train_dataset, StreamingRows) or not path or not os.path.isfile(path):
+        return
+    with open(path) as f:
+        train_dataset.resume_state = json.load(f)
+    training_args.ignore_data_skip = True  # the rows start after the trained ones already; skip nothing more
+    logger.info("Streaming resumes after row %d (position stored in %s)", train_dataset.resume_state["taken"], path)
 
 
 def start_from_checkpoint(model_args, training_args):
@@ -389,7 +464,14 @@ def main(argv=None):
             print("\n".join(lines))
         return None
     resume = checkpoint_to_resume(training_args)
-    train_dataset, eval_dataset, eval_sizes = build_datasets(data_args, training_args, tokenizer, block_size)
+    start = time.perf_counter()
+    train_dataset, eval_dataset, eval_sizes, stats = build_datasets(data_args, training_args, tokenizer, block_size)
+    if data_args.prepare_data_only:
+        stats = stats if stats is not None else stream_through(train_dataset)
+        if training_args.should_log:
+            print(data_stats_line(stats, block_size, time.perf_counter() - start), flush=True)
+        return None
+    resume_streaming_position(train_dataset, resume, training_args)
 
     init_distributed_for_zero3(training_args)
     model = load_model(model_args, config, tokenizer)
@@ -401,9 +483,12 @@ def main(argv=None):
     log_trainable(model)
     trainer = PretrainTrainer(model=model, args=training_args, train_dataset=train_dataset,
                               eval_dataset=eval_dataset, eval_sizes=eval_sizes, processing_class=tokenizer,
-                              data_collator=data_collator(model_args, tokenizer))
+                              data_collator=data_collator(model_args, tokenizer),
+                              train_in_order=bool(data_args.curriculum))
     if training_args.do_train:
         result = trainer.train(resume_from_checkpoint=resume)
+        if isinstance(train_dataset, StreamingRows):
+            logger.info("Documents streamed: %s", describe_documents(train_dataset.stats))
         result.metrics.update(token_throughput(trainer, result.metrics))
         trainer.save_model()  # adapter (with modules_to_save) or full model, plus the tokenizer
         trainer.log_metrics("train", result.metrics)

@@ -158,3 +158,43 @@ def test_help_lists_every_flag():
     assert proc.returncode == 0, proc.stderr[-2000:]
     for flag in ("--dataset_dir", "--validation_split_percentage", "--lora_rank", "--learning_rate", "--data_cache"):
         assert flag in proc.stdout
+
+
+def test_mix_from_a_flag_or_a_yaml_sources_list_and_phases(tmp_path):
+    import yaml
+
+    (tmp_path / "vi").mkdir()
+    (tmp_path / "en.txt").write_text("x", encoding="utf-8")
+    vi, en = str(tmp_path / "vi"), str(tmp_path / "en.txt")
+    data = parse_args(["--output_dir", "o", "--mix", f"vi={vi}:0.8, general={en}:0.2", "--mix_exhausted", "stop"])[1]
+    assert [(s.name, s.path, s.weight) for s in data.curriculum[0].sources] == [("vi", vi, 0.8), ("general", en, 0.2)]
+    assert data.mix_sources == {"vi": [vi], "general": [en]} and data.mix_exhausted == "stop"
+    config = tmp_path / "mix.yaml"
+    config.write_text(yaml.safe_dump({"output_dir": "o", "sources": [{"name": "vi", "path": vi, "weight": 4},
+                                                                     {"name": "general", "path": en, "weight": 1}]}))
+    assert parse_args([str(config)])[1].mix_sources == {"vi": [vi], "general": [en]}
+    config.write_text(yaml.safe_dump({"output_dir": "o", "phases": [
+        {"name": "general", "sources": [{"name": "general", "path": en, "weight": 1}], "epochs": 2},
+        {"name": "narrow", "sources": f"vi={vi}:0.9,general={en}:0.1", "max_tokens": 1000}]}))
+    phases = parse_args([str(config)])[1].curriculum
+    assert [(p.name, p.max_tokens, p.epochs, [s.name for s in p.sources]) for p in phases] == [
+        ("general", None, 2, ["general"]), ("narrow", 1000, 1, ["vi", "general"])]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--mix", "vi=data"], r"--mix 'vi=data': expected name=path:weight"),
+    (["--mix", "vi={p}:x"], r"--mix vi: weight 'x' is not a number"),
+    (["--mix", "vi={p}:0"], r"--mix vi: needs a name of letters, digits and _ and a weight above 0"),
+    (["--mix", "vi={p}/nope:1"], r"--mix vi=.*/nope: no such file or directory"),
+    (["--mix", "vi={p}:1,vi={p}:2"], r"--mix: a source name is given twice"),
+    (["--mix", "vi={p}:1", "--dataset_dir", "{p}"], r"--dataset_dir and --mix both give training data"),
+    (["--phases", '[{{"sources": "vi={p}:1", "epochs": 1, "max_tokens": 5}}]'],
+     r"--phases phase1: give sources and one of max_tokens or epochs"),
+    (["--phases", '[{{"sources": "vi={p}:1", "max_tokens": -5}}]'], r"--phases phase1: max_tokens and epochs must"),
+    (["--mix", "vi={p}:1", "--eval_files", "vi={p}"], r"--eval_files: the name vi is also a source name"),
+    (["--min_doc_chars", "0"], r"--min_doc_chars 0: must be at least 1"),
+    (["--near_dedup_threshold", "1.5"], r"--near_dedup_threshold 1.5: must be a similarity in \(0, 1\]"),
+])
+def test_bad_mix_and_cleaning_flags_are_one_line_errors(tmp_path, flags, message):
+    with pytest.raises(UserError, match=message):
+        parse_args(["--output_dir", "o", *[f.format(p=tmp_path) for f in flags]])

@@ -34,6 +34,18 @@ def test_pack_edge_cases(docs, block, expected_ids, expected_pos):
     assert pack_documents(docs, block) == {"input_ids": expected_ids, "position_ids": expected_pos}
 
 
+def test_pack_token_array_docstring_example_and_equals_pack_documents():
+    import numpy as np
+
+    offsets, positions = data_utils.pack_token_array(np.array([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]), np.array([3, 2, 5]), 4)
+    assert offsets.tolist() == [0, 4, 8, 10] and positions.tolist() == [0, 1, 2, 0, 0, 0, 1, 2, 0, 1]
+    docs = [[i] * n for i, n in enumerate([1, 5, 2, 9, 3, 4, 17, 1], start=1)]
+    for block in (1, 3, 5, 8, 64):
+        offsets, positions = data_utils.pack_token_array(np.array(sum(docs, [])), np.array([len(d) for d in docs]), block)
+        expected = pack_documents(docs, block)["position_ids"]
+        assert [positions[a:b].tolist() for a, b in zip(offsets[:-1], offsets[1:])] == expected
+
+
 def test_pack_keeps_every_token_once():
     docs = [[i] * n for i, n in enumerate([1, 5, 2, 9, 3, 4, 17, 1], start=1)]
     rows = pack_documents(docs, block_size=5)
@@ -70,7 +82,8 @@ def test_clean_text_nfc_and_controls():
 def test_clean_documents_counts():
     stats = Counter()
     assert list(clean_documents(["x", "", "  ", "x", "Vie\u0302\u0323t", "Vi\u1ec7t"], stats)) == ["x", "Vi\u1ec7t"]
-    assert stats == {"read": 6, "kept": 2, "dropped_empty": 2, "dropped_duplicate": 2}
+    assert stats == {"read": 6, "kept": 2, "dropped_empty": 2, "dropped_duplicate": 2, "normalized_nfc": 1,
+                     "removed_control_chars": 0}
 
 
 def test_read_every_format(tmp_path):
@@ -122,11 +135,11 @@ def test_missing_text_column_names_the_columns(tmp_path):
 def test_non_utf8_names_byte_offset(tmp_path):
     path = tmp_path / "latin.txt"
     path.write_bytes("caf\u00e9 ok\n\n".encode() + b"na\xefve")
-    with pytest.raises(UserError, match=r"latin.txt: not UTF-8 at byte offset 12"):
+    with pytest.raises(UserError, match=r"latin.txt:3: not UTF-8 at byte offset 12"):
         list(read_documents(str(path)))
     jl = tmp_path / "latin.jsonl"
     jl.write_bytes(b'{"text": "ok"}\n{"text": "na\xefve"}\n')
-    with pytest.raises(UserError, match=r"latin.jsonl: not UTF-8 at byte offset 27"):
+    with pytest.raises(UserError, match=r"latin.jsonl:2: not UTF-8 at byte offset 27"):
         list(read_documents(str(jl)))
 
 
@@ -242,6 +255,14 @@ def test_empty_dataset_is_a_user_error(tmp_path, tiny_tokenizer):
         list_data_files([str(tmp_path / "e")])
 
 
+@pytest.mark.parametrize("workers", [None, 1, 2])
+def test_prepared_rows_do_not_depend_on_the_number_of_workers(corpus_dir, tmp_path, tiny_tokenizer, workers):
+    docs = list(clean_documents((d for f in list_data_files([corpus_dir]) for d in read_documents(f)), Counter()))
+    rows = data_utils.rows_from_documents(docs, tiny_tokenizer, 16, workers)
+    assert rows["input_ids"] == pack_documents(tokenize_documents(docs, tiny_tokenizer), 16)["input_ids"]
+    assert rows["position_ids"] == pack_documents(tokenize_documents(docs, tiny_tokenizer), 16)["position_ids"]
+
+
 def test_streaming_rows_equal_the_prepared_rows(corpus_dir, tmp_path, tiny_tokenizer):
     args = data_args(corpus_dir, tmp_path / "cache", validation_split_percentage=0)
     prepared, _ = prepare_datasets(args, tiny_tokenizer, block_size=16)
@@ -262,3 +283,177 @@ def test_streaming_split_and_workers_keep_every_token_once(corpus_dir, tmp_path,
     loader = torch.utils.data.DataLoader(train, batch_size=None, num_workers=2, collate_fn=lambda row: row)
     streamed = sorted(t for row in loader for t in row["input_ids"])
     assert streamed == sorted(sum(tokenize_documents(kept, tiny_tokenizer), []))
+
+
+# --- cleaning at scale ---------------------------------------------------------------------------------------
+
+def test_clean_docstring_example_counts_each_reason():
+    stats = Counter()
+    assert list(clean_documents(["Việt", "", "ok", "Vie\u0302\u0323t"], stats, min_chars=3)) == ["Việt"]
+    assert stats == {"read": 4, "kept": 1, "dropped_empty": 1, "dropped_short": 1, "dropped_duplicate": 1,
+                     "normalized_nfc": 1, "removed_control_chars": 0}
+    list(clean_documents(["a\x00b\r\n", "plain\r\ntext"], stats))
+    assert stats["removed_control_chars"] == 1  # the NUL; a Windows line end is not a control character here
+
+
+def test_near_duplicates_are_dropped_only_when_asked():
+    words = [f"word{i}" for i in range(120)]
+    base = " ".join(words)
+    near = " ".join(words[:60] + ["changed"] + words[61:])  # one word of 120 differs
+    other = " ".join(reversed(words))
+    stats = Counter()
+    kept = list(clean_documents([base, near, other], stats, near_duplicates=data_utils.NearDuplicates(0.8)))
+    assert kept == [base, other] and stats["dropped_near_duplicate"] == 1
+    assert list(clean_documents([base, near, other], Counter())) == [base, near, other]
+
+
+def test_txt_read_a_line_at_a_time_equals_splitting_the_whole_text(tmp_path):
+    text = "a\r\nb\r\n \r\nc\n\n\n\td\n e \n\n"
+    (tmp_path / "x.txt").write_text(text, encoding="utf-8", newline="")
+    for keep in (True, False):
+        assert list(read_documents(str(tmp_path / "x.txt"), keep_linebreaks=keep)) == split_text_documents(text, keep)
+
+
+def test_skip_bad_records_skips_and_counts_instead_of_stopping(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    lines = [json.dumps({"text": f"good document number {i}"}) for i in range(1000)]
+    lines[537] = '{"text": "broken'
+    (data / "big.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (data / "latin.txt").write_bytes(b"fine first document\n\nna\xefve second\nstill second\n\nthird one here\n")
+    with pytest.raises(UserError, match=r"big.jsonl:538:\d+: invalid JSON"):
+        list(read_documents(str(data / "big.jsonl")))
+    with pytest.raises(UserError, match=r"latin.txt:3: not UTF-8 at byte offset 23"):
+        list(read_documents(str(data / "latin.txt")))
+    skipped = Counter()
+    docs = [d for f in list_data_files([str(data)]) for d in read_documents(f, skipped=skipped)]
+    assert len(docs) == 999 + 2 and "third one here" in docs and not any("second" in d for d in docs)
+    assert skipped == {"skipped_bad_records": 2}
+    args = DataArguments(dataset_dir=str(data), skip_bad_records=True, validation_split_percentage=0,
+                         data_cache_dir=str(tmp_path / "c"))
+    stats = Counter()
+    assert len(data_utils.read_clean_documents([str(data)], args, stats)) == 1001
+    assert "2 bad records skipped" in data_utils.describe_documents(stats)
+
+
+# --- mixing, curriculum, resumable streams --------------------------------------------------------------------
+
+def test_packing_resumes_at_any_row_boundary_with_the_same_rows():
+    docs = [[1, 2, 3], [4], [5, 6, 7, 8, 9], [10, 11]]
+    assert list(data_utils.iter_packed_rows_at([[1, 2, 3], [4]], 2)) == [
+        ({"input_ids": [1, 2], "position_ids": [0, 1]}, (0, 2)), ({"input_ids": [3, 4], "position_ids": [0, 0]}, (2, 0))]
+    rows = list(data_utils.iter_packed_rows_at(docs, 3))
+    for k, (_, (done, into)) in enumerate(rows):
+        rest = [docs[done][into:]] + docs[done + 1:] if done < len(docs) else []
+        assert [r for r, _ in data_utils.iter_packed_rows_at(rest, 3)] == [r for r, _ in rows[k + 1:]]
+
+
+def test_mix_docstring_examples():
+    rows = {"a": [[1, 1], [2, 2], [3, 3]], "b": [[9, 9]]}
+
+    def opener(name, n, at):
+        return ((r, i + 1) for i, r in enumerate(rows[name]) if i >= (at or 0))
+
+    assert list(data_utils.mix_rows(opener, {"a": 0.75, "b": 0.25}, "stop")) == [
+        ("a", [1, 1]), ("b", [9, 9]), ("a", [2, 2]), ("a", [3, 3])]
+    # cycle: b starts again until a has been read through too
+    assert [n for n, _ in data_utils.mix_rows(opener, {"a": 0.5, "b": 0.5}, "cycle")] == ["a", "b"] * 3
+    assert [n for n, _ in data_utils.mix_rows(opener, {"a": 0.5, "b": 0.5}, "stop")] == ["a", "b", "a"]
+    assert data_utils.mixed_order({"a": [4, 4, 4], "b": [4]}, [({"a": 3, "b": 1}, None, 1)], "stop", seed=0) == [
+        ("a", 2), ("b", 0), ("a", 0), ("a", 1)]
+    # a source in two phases continues in the second where it stopped in the first: no row again
+    phased = data_utils.mixed_order({"a": [4] * 4, "b": [4] * 2}, [({"a": 1}, 8, 1), ({"a": 1, "b": 1}, 8, 1)],
+                                    "cycle", seed=0)
+    assert [n for n, _ in phased] == ["a", "a", "a", "b"] and len({i for n, i in phased if n == "a"}) == 3
+
+
+@pytest.fixture(scope="module")
+def mix_cache(tmp_path_factory):
+    """One prepared-data cache for the mixing tests: each source is prepared once (the cache is keyed by content)."""
+    return tmp_path_factory.mktemp("mix_cache")
+
+
+def real_mix_args(cache, **kw):
+    from conftest import CORPORA
+
+    return DataArguments(mix=f"vi={CORPORA}/manpages-vi.jsonl:0.8,general={CORPORA}/pydocs-en.txt:0.2",
+                         data_cache_dir=str(cache), validation_split_percentage=2, **kw)
+
+
+def test_mix_token_shares_hold_on_real_corpora(mix_cache, tiny_tokenizer):
+    """Vietnamese 0.8 + English replay 0.2 from the shared corpora: measured shares within 2 percent at every
+    tenth of the run, whichever source runs out first (English is larger here, Vietnamese is cycled)."""
+    for exhausted in ("cycle", "stop"):
+        args = real_mix_args(mix_cache, mix_exhausted=exhausted)
+        train, evals, stats = data_utils.prepare_mixed_datasets(args, tiny_tokenizer, 256, seed=1)
+        assert set(evals) == {"vi", "general"} and stats["train_tokens"] == sum(map(len, train["input_ids"]))
+        order = data_utils.mixed_order(
+            {name: data_utils.row_lengths(prepared) for name, prepared in source_trains(args, tiny_tokenizer).items()},
+            [data_utils.phase_weights(p) for p in args.curriculum], exhausted, seed=1)
+        assert len(order) == len(train)  # rows carry no source column: the order says where each came from
+        sizes = [len(r) for r in train["input_ids"]]
+        for cut in range(len(order) // 10, len(order) + 1, len(order) // 10):
+            vi = sum(n for (name, _), n in zip(order[:cut], sizes) if name == "vi")
+            assert abs(vi / sum(sizes[:cut]) - 0.8) < 0.02, (exhausted, cut)
+        assert abs(stats["share_vi"] - 0.8) < 0.02
+
+
+def source_trains(args, tokenizer, block_size=256):
+    return {name: prepare_datasets(DataArguments(train_files=paths, data_cache_dir=args.data_cache_dir,
+                                                 validation_split_percentage=args.validation_split_percentage),
+                                   tokenizer, block_size)[0]["train"]
+            for name, paths in args.mix_sources.items()}
+
+
+def test_cycle_reads_every_source_through_and_stop_ends_at_the_first(mix_cache, tiny_tokenizer):
+    cycle = data_utils.prepare_mixed_datasets(real_mix_args(mix_cache), tiny_tokenizer, 256, seed=1)[0]
+    stop = data_utils.prepare_mixed_datasets(real_mix_args(mix_cache, mix_exhausted="stop"), tiny_tokenizer, 256,
+                                             seed=1)[0]
+    trains = source_trains(real_mix_args(mix_cache), tiny_tokenizer)
+    en_rows = {tuple(r) for r in trains["general"]["input_ids"]}
+    vi_rows = {tuple(r) for r in trains["vi"]["input_ids"]}
+    assert en_rows <= {tuple(r) for r in cycle["input_ids"]}  # every English row trained on
+    assert sum(tuple(r) in vi_rows for r in cycle["input_ids"]) > 2 * len(trains["vi"])  # Vietnamese cycled
+    assert len(stop) < len(cycle) and sum(tuple(r) in vi_rows for r in stop["input_ids"]) == len(trains["vi"])
+
+
+def test_phases_train_in_order_with_their_budgets(mix_cache, tiny_tokenizer):
+    from conftest import CORPORA
+
+    phases = json.dumps([{"name": "general", "sources": [{"name": "en", "path": f"{CORPORA}/pydocs-en.txt",
+                                                           "weight": 1}], "max_tokens": 5000},
+                         {"name": "narrow", "sources": f"vi={CORPORA}/manpages-vi.jsonl:0.9,en={CORPORA}/pydocs-en.txt:0.1",
+                          "max_tokens": 20000}])
+    args = DataArguments(phases=phases, data_cache_dir=str(mix_cache), validation_split_percentage=2)
+    train, evals, stats = data_utils.prepare_mixed_datasets(args, tiny_tokenizer, 256, seed=3)
+    trains = source_trains(args, tiny_tokenizer)
+    vi_rows = {tuple(r) for r in trains["vi"]["input_ids"]}
+    is_vi = [tuple(r) in vi_rows for r in train["input_ids"]]
+    first_vi = is_vi.index(True)
+    assert not any(is_vi[:first_vi]) and 5000 <= sum(map(len, train["input_ids"][:first_vi])) < 5000 + 256
+    first_en = {tuple(r) for r in train["input_ids"][:first_vi]}
+    assert not first_en & {tuple(r) for r, v in zip(train["input_ids"][first_vi:], is_vi[first_vi:]) if not v}
+    assert 25000 <= stats["train_tokens"] < 25000 + 2 * 256
+    narrow = train["input_ids"][first_vi:]
+    vi_share = sum(len(r) for r, v in zip(narrow, is_vi[first_vi:]) if v) / sum(map(len, narrow))
+    assert abs(vi_share - 0.9) < 0.02
+
+
+def test_streaming_mix_shares_and_resume_at_the_next_unseen_row(tmp_path, tiny_tokenizer, monkeypatch):
+    args = real_mix_args(tmp_path / "unused", streaming=True, max_train_samples=300)
+    train, validation = data_utils.streaming_datasets(args, tiny_tokenizer, block_size=64)
+    assert set(validation) == {"vi", "general"}
+    rows = list(train)
+    assert len(rows) == 300
+    state = train.state_after(120)
+    shares = {n: s["tokens"] for n, s in state["sources"].items()}
+    assert abs(shares["vi"] / sum(shares.values()) - 0.8) < 0.02
+    resumed, _ = data_utils.streaming_datasets(args, tiny_tokenizer, block_size=64)
+    resumed.resume_state = state
+    tokenized = []
+    real_tokenize = data_utils.tokenize_documents
+    monkeypatch.setattr(data_utils, "tokenize_documents", lambda b, t: tokenized.extend(b) or real_tokenize(b, t))
+    assert list(resumed) == rows[120:]  # the rows of an uninterrupted run, from the next unseen one
+    assert resumed.taken == 300 and state["taken"] == 120
+    all_docs = sum(1 for _ in train.documents("vi")) + sum(1 for _ in train.documents("general"))
+    assert len(tokenized) < all_docs  # the rows before were not made again

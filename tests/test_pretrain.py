@@ -198,10 +198,12 @@ def test_bad_input_from_the_command_line_is_one_line_and_exit_2(tiny_model_dir, 
     assert "Traceback" not in proc.stderr and not out.exists()
 
 
-def test_streaming_run_trains_without_a_cache(tiny_model_dir, corpus_dir, tmp_path):
+def test_streaming_run_trains_without_a_cache(tiny_model_dir, corpus_dir, tmp_path, caplog):
+    caplog.set_level("INFO", logger="pretrain")
     trainer = run(tiny_model_dir, corpus_dir, tmp_path / "s", "--streaming", "--max_steps", "2",
                   "--validation_split_percentage", "30", "--do_eval")
     assert trainer.state.global_step == 2 and trainer.state.log_history[-1]["eval_loss"] > 0
+    assert "Documents streamed: " in caplog.text and " read, " in caplog.text  # cleaning counts are logged
     assert not os.path.exists(str(tmp_path / "s") + "-cache")
     with pytest.raises(UserError, match="--streaming needs --max_steps"):
         run(tiny_model_dir, corpus_dir, tmp_path / "t", "--streaming", "--max_steps", "-1")
@@ -237,14 +239,16 @@ def test_finished_run_is_not_overwritten_without_the_flag(tiny_model_dir, corpus
 
 
 def test_two_cpu_processes_train_together_and_prepare_once(tiny_model_dir, tmp_path):
-    """torchrun --nproc_per_node 2 on CPU: DDP over gloo (not two lone runs), one process tokenizes."""
+    """torchrun --nproc_per_node 2 on CPU: DDP over gloo (not two lone runs), one process tokenizes each source
+    of a mix."""
     sys.path.insert(0, os.path.join(ROOT, "examples"))
     import stdlib_corpus
 
     data = stdlib_corpus.write_corpus(str(tmp_path / "data"), stdlib_corpus.MODULES[:3])
+    replay = stdlib_corpus.write_corpus(str(tmp_path / "replay"), stdlib_corpus.MODULES[3:5])
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     proc = subprocess.run([torchrun, "--nproc_per_node", "2", os.path.join(ROOT, "pretrain.py"),
-                           "--model_name_or_path", tiny_model_dir, "--dataset_dir", data,
+                           "--model_name_or_path", tiny_model_dir, "--mix", f"domain={data}:0.7,replay={replay}:0.3",
                            "--data_cache_dir", str(tmp_path / "cache"), "--output_dir", str(tmp_path / "out"),
                            "--do_train", "--max_steps", "2", "--block_size", "32", "--per_device_train_batch_size", "4",
                            "--report_to", "none", "--save_strategy", "no", "--log_level", "info",
@@ -252,8 +256,9 @@ def test_two_cpu_processes_train_together_and_prepare_once(tiny_model_dir, tmp_p
                           capture_output=True, text=True, cwd=tmp_path, timeout=600)
     results = json.loads((tmp_path / "out" / "train_results.json").read_text())
     assert results["train_tokens"] == 2 * 2 * 4 * 32, proc.stdout[-3000:]  # steps x ranks x rows x tokens
-    assert proc.stdout.count("Prepared data cached in") == 1
-    assert proc.stdout.count("Using the prepared data cached in") == 1  # the other rank read the cache
+    # each source is tokenized by one process only; the other rank reads its cache
+    assert proc.stdout.count("Prepared data cached in") == 2
+    assert proc.stdout.count("Using the prepared data cached in") == 2
 
 
 def test_named_eval_sets_log_loss_perplexity_and_bits_per_byte(tiny_model_dir, corpus_dir, tmp_path):
@@ -284,3 +289,65 @@ def test_freeze_modules_keeps_those_weights_in_full_finetuning(tiny_model_dir, c
         run(tiny_model_dir, corpus_dir, tmp_path / "x", "--full_finetuning", "--freeze_modules", "embeddings")
     with pytest.raises(UserError, match="--freeze_modules applies to --full_finetuning"):
         run(tiny_model_dir, corpus_dir, tmp_path / "y", "--freeze_modules", "embed_tokens")
+
+
+def base_flags(model_dir, out, *extra):
+    return ["--model_name_or_path", model_dir, "--output_dir", str(out), "--data_cache_dir", str(out) + "-cache",
+            "--do_train", "--block_size", "32", "--per_device_train_batch_size", "2", "--learning_rate", "1e-2",
+            "--logging_steps", "1", "--save_strategy", "no", "--report_to", "none", "--lora_dropout", "0", *extra]
+
+
+def test_prepare_data_only_prints_one_line_of_stats_and_stops(tiny_model_dir, corpus_dir, tmp_path, capsys,
+                                                            no_model_loading):
+    with open(os.path.join(corpus_dir, "a.txt"), "a", encoding="utf-8") as f:
+        # one too short, one duplicate, one decomposed (NFC changes it), one with a control character
+        f.write("\n\ntiny\n\nSecond text document.\n\nVie\u0302\u0323t Nam, decomposed.\n\nA bell\x07 rings.\n")
+    for extra in ([], ["--streaming"]):
+        out = tmp_path / f"prep{len(extra)}"
+        assert pretrain.main(base_flags(tiny_model_dir, out, "--dataset_dir", corpus_dir, "--prepare_data_only",
+                                        "--validation_split_percentage", "0", *extra)) is None
+        lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("data: ")]
+        assert len(lines) == 1 and not out.exists()
+        assert lines[0].startswith("data: documents 12 read, 10 kept, dropped: 1 duplicate, 1 short, "
+                                   "1 NFC-normalized, 1 stripped of control characters; train tokens ")
+        assert "padding " in lines[0] and "tokens/s" in lines[0]
+    assert os.listdir(str(tmp_path / "prep0") + "-cache") and not os.path.exists(str(tmp_path / "prep1") + "-cache")
+
+
+def test_mixed_run_trains_in_mix_order_and_evaluates_each_source(tiny_model_dir, tmp_path):
+    from conftest import CORPORA
+
+    trainer = pretrain.main(base_flags(
+        tiny_model_dir, tmp_path / "mix", "--mix", f"vi={CORPORA}/manpages-vi.jsonl:0.8,general={CORPORA}/pydocs-en.txt:0.2",
+        "--max_steps", "2", "--do_eval", "--max_eval_samples", "4", "--max_train_samples", "64"))
+    metrics = {k: v for entry in trainer.state.log_history for k, v in entry.items()}
+    assert {"eval_vi_loss", "eval_vi_bpb", "eval_general_loss", "eval_general_bpb"} <= metrics.keys()
+    assert isinstance(trainer._get_train_sampler(), torch.utils.data.SequentialSampler)
+
+
+def rows_trained(monkeypatch):
+    """Record the input_ids of every batch the collator builds (the dataloader may build one ahead)."""
+    seen = []
+    real = PackedCollator.__call__
+    monkeypatch.setattr(PackedCollator, "__call__", lambda self, rows: seen.append(
+        [list(r["input_ids"]) for r in rows]) or real(self, rows))
+    return seen
+
+
+def test_streaming_resume_continues_at_the_next_unseen_row(tiny_model_dir, tmp_path, monkeypatch):
+    from conftest import CORPORA
+
+    flags = ["--mix", f"vi={CORPORA}/manpages-vi.jsonl:0.8,general={CORPORA}/pydocs-en.txt:0.2", "--streaming",
+             "--seed", "3", "--save_strategy", "steps", "--save_steps", "2"]
+    seen = rows_trained(monkeypatch)
+    pretrain.main(base_flags(tiny_model_dir, tmp_path / "whole", *flags, "--max_steps", "4"))
+    uninterrupted = seen[:4]
+    seen.clear()
+    pretrain.main(base_flags(tiny_model_dir, tmp_path / "cut", *flags, "--max_steps", "2"))
+    assert seen[:2] == uninterrupted[:2] and (tmp_path / "cut" / "checkpoint-2" / pretrain.DATA_STATE).is_file()
+    seen.clear()
+    trainer = pretrain.main(base_flags(tiny_model_dir, tmp_path / "cut", *flags, "--max_steps", "4"))
+    assert trainer.state.global_step == 4
+    # steps 3 and 4 get the rows of the uninterrupted run, and no batch before them was made again (the
+    # Trainer's own skip would collate steps 1 and 2 first and throw them away)
+    assert seen[:2] == uninterrupted[2:4]
