@@ -72,23 +72,26 @@ def summary_table(before, after, keys):
     return "\n".join(lines)
 
 
+def write_markdown(output_dir, lines, plots):
+    """report.md: the lines, then the plots as images."""
+    os.makedirs(output_dir, exist_ok=True)
+    lines = lines + [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in plots]
+    with open(os.path.join(output_dir, "report.md"), "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    return os.path.join(output_dir, "report.md")
+
+
 def write_report(output_dir, before, after, keys, plots, extra_md="", title="Before and after", extra=None):
     """report.json ({"before", "after"} and any extra fields) and report.md (table, plots, completions)."""
     os.makedirs(output_dir, exist_ok=True)
     with open(os.path.join(output_dir, "report.json"), "w", encoding="utf-8") as f:
         json.dump({"before": before, "after": after, **(extra or {})}, f, indent=1, ensure_ascii=False)
-    md = ["# " + title, "", summary_table(before, after, keys), ""]
-    md += [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in plots]
-    prompts = list(before.get("completions", {}))
-    if prompts:
-        md += ["", "## Greedy completions", ""]
-        for prompt in prompts:
-            md += [f"**{prompt}**", "", f"- before: {before['completions'][prompt]!r}",
-                   f"- after: {after['completions'].get(prompt, '')!r}", ""]
-    md.append(extra_md)
-    with open(os.path.join(output_dir, "report.md"), "w", encoding="utf-8") as f:
-        f.write("\n".join(md))
-    return os.path.join(output_dir, "report.md")
+    md = ["# " + title, "", summary_table(before, after, keys), "", extra_md]
+    md += ["## Greedy completions", ""] if before.get("completions") else []
+    for prompt in before.get("completions", {}):
+        md += [f"**{prompt}**", "", f"- before: {before['completions'][prompt]!r}",
+               f"- after: {after['completions'].get(prompt, '')!r}", ""]
+    return write_markdown(output_dir, md, plots)
 
 
 def first_and_last_eval(log_history):
@@ -113,12 +116,9 @@ def write_training_report(output_dir, log_history, title="Training report"):
     plots = [plot_training(log_history, os.path.join(output_dir, "training.png"), title)]
     first, last = first_and_last_eval(log_history)
     if first is None or first[0] == last[0]:
-        md = ["# " + title, "", "No evaluation before and after training to compare: add --eval_files or "
-              "--validation_split_percentage, with --eval_strategy steps.", ""]
-        md += [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in plots]
-        with open(os.path.join(output_dir, "report.md"), "w", encoding="utf-8") as f:
-            f.write("\n".join(md) + "\n")
-        return os.path.join(output_dir, "report.md")
+        return write_markdown(output_dir, ["# " + title, "", "No evaluation before and after training to compare: "
+                                           "add --eval_files or --validation_split_percentage, with --eval_strategy "
+                                           "steps.", ""], plots)
     (before_step, before), (after_step, after) = first, last
     keys = sorted(k for k in before if k in after and k.endswith("_bpb")) or sorted(
         k for k in before if k in after and k.endswith("_loss"))
