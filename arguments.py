@@ -38,6 +38,15 @@ class UserError(Exception):
     """A mistake in the user's flags or data. pretrain.py prints it as one line and exits with code 2."""
 
 
+def run_script(main):
+    """Run a script's main(): a UserError ends it with one line on stderr and exit code 2, no traceback."""
+    try:
+        return main()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
 def split_list(value):
     """'a, b,,c' -> ['a', 'b', 'c']; None -> []."""
     return [part.strip() for part in (value or "").split(",") if part.strip()]

@@ -19,7 +19,7 @@ import sys
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from arguments import DTYPES, UserError, named_paths, split_list
+from arguments import DTYPES, UserError, named_paths, run_script, split_list
 from eval_utils import evaluate_model, flat_figures, read_probes, read_texts
 from pretrain import drop_gguf_marker, named_load_errors
 
@@ -137,8 +137,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_script(main)

@@ -25,7 +25,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, SchedulerType, rot
 
 import plan_utils
 import report_utils
-from arguments import UserError, parse_args, split_list
+from arguments import UserError, parse_args, run_script, split_list
 from data_utils import (FlattenedCollator, PackedCollator, StreamingRows, describe_documents, list_data_files,
                         prepare_datasets, prepare_mixed_datasets, streaming_datasets)
 
@@ -505,8 +505,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_script(main)

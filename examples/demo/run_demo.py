@@ -22,6 +22,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 import pretrain  # noqa: E402
 import report_utils  # noqa: E402
+from arguments import run_script  # noqa: E402
 from eval_utils import evaluate_model, flat_figures  # noqa: E402
 
 EVAL_FILES = {"domain": "eval/domain_heldout.jsonl", "general": "eval/general_heldout.jsonl"}
@@ -78,8 +79,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except pretrain.UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_script(main)
