@@ -140,10 +140,17 @@ def chain_merges(pieces):
     return [("".join(pieces[:i]), pieces[i]) for i in range(1, len(pieces))]
 
 
-def append_merges(spec, merges, limit):
+def joins_digits(left, right):
+    """True when a merge would make a token with a digit in it. Learned tokens never do: how a base tokenizer
+    cuts numbers (SmolLM2 into single digits, Llama-3 into groups of up to three) is a deliberate choice that
+    every language shares, and numbers in English text would otherwise tokenize differently."""
+    return any(c in "0123456789" for c in left + right)
+
+
+def append_merges(spec, merges, limit, skip=lambda left, right: False):
     """Append merges to a tokenizer.json spec (in place), new ids after every existing id; stop once `limit`
-    new tokens are in. A merge whose result is already a token is kept (it only joins), and one whose parts
-    are not tokens is skipped. Returns the new token strings in id order."""
+    new tokens are in. A merge whose result is already a token is kept (it only joins); one whose parts are
+    not tokens, or that skip(left, right) refuses, is left out. Returns the new token strings in id order."""
     model = spec["model"]
     vocab, existing = model["vocab"], model["merges"]
     pairs_as_strings = bool(existing) and isinstance(existing[0], str)  # older files: "a b"
@@ -153,7 +160,7 @@ def append_merges(spec, merges, limit):
     for left, right in merges:
         if len(added) >= limit:
             break
-        if left not in vocab or right not in vocab or (left, right) in known:
+        if left not in vocab or right not in vocab or (left, right) in known or skip(left, right):
             continue
         existing.append(f"{left} {right}" if pairs_as_strings else [left, right])
         known.add((left, right))
@@ -338,11 +345,11 @@ def trained_byte_level_tokens(spec, backend, texts, count):
     if count <= 0:
         return []
     words = base_token_words(backend, texts)
-    asked = count + count // 10 + 50  # a few learned merges only join into tokens that already exist
+    asked = count + count // 5 + 50  # a few learned merges are left out or join into tokens that exist
     while True:
         merges = continued_bpe_merges(words, asked)
         trial = json.loads(json.dumps(spec))
-        added = append_merges(trial, merges, count)
+        added = append_merges(trial, merges, count, skip=joins_digits)
         if len(added) == count or len(merges) < asked:
             break
         asked *= 2

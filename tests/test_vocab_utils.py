@@ -80,6 +80,15 @@ def test_new_merges_come_after_the_old_ones(tiny_tokenizer_dir, extended_bpe_dir
         assert extended(text)["input_ids"] == base(text)["input_ids"]
 
 
+def test_learned_tokens_never_join_digits(tiny_tokenizer, tiny_tokenizer_dir, tmp_path):
+    texts = [f"Phiên bản {2000 + i % 7}.{i % 3} được phát hành năm 2024, mã 0042." for i in range(60)]
+    extended = AutoTokenizer.from_pretrained(extend(tiny_tokenizer_dir, tmp_path, "--num_new_tokens", "20",
+                                                    texts=texts))
+    new = extended.convert_ids_to_tokens(list(range(len(tiny_tokenizer), len(extended))))
+    assert len(new) == 20 and not [t for t in new if any(c.isdigit() for c in t)]
+    assert extended(" 2024, 0042")["input_ids"] == tiny_tokenizer(" 2024, 0042")["input_ids"]
+
+
 def test_new_tokens_are_used_on_the_training_language(tiny_tokenizer, extended_bpe_dir):
     extended = AutoTokenizer.from_pretrained(extended_bpe_dir)
     ids = {i for text in VIETNAMESE[:4] for i in extended(text, add_special_tokens=False)["input_ids"]}
