@@ -422,6 +422,12 @@ class PretrainTrainingArguments(TrainingArguments):
         metadata={"help": "With --full_finetuning: comma-separated modules whose weights stay fixed, e.g. "
                   "embed_tokens (tied output embeddings stay fixed with it)."},
     )
+    new_embeddings_steps: int = field(
+        default=0,
+        metadata={"help": "Stage 1 for a grown vocabulary (a tokenizer with more tokens than the model): first train "
+                  "only the new tokens' embedding rows, input and output, for this many steps with everything else "
+                  "fixed; then train as chosen (stage 2). 0: no stage 1."},
+    )
     debug_mode: bool = field(
         default=False,
         metadata={"help": "Quick check of a setup: read at most 1000 documents and log the first training row "
@@ -496,6 +502,8 @@ class PretrainTrainingArguments(TrainingArguments):
                 raise UserError(f"--lora_dropout {self.lora_dropout}: must be in [0, 1)")
         elif self.peft_path:
             raise UserError("--peft_path continues a LoRA adapter; it cannot be combined with --full_finetuning")
+        if self.new_embeddings_steps < 0:
+            raise UserError(f"--new_embeddings_steps {self.new_embeddings_steps}: must be 0 (off) or more")
         if self.freeze_modules and not self.full_finetuning:
             raise UserError("--freeze_modules applies to --full_finetuning; with LoRA only --trainable and "
                             "--modules_to_save are trained")

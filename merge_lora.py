@@ -18,15 +18,25 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from pretrain import drop_gguf_marker
 
 
-def merged_model(base_model, lora_model, gguf_file=None, dtype="float32"):
-    """The base model with the adapter merged in (a plain transformers model)."""
+def adapter_model(base_model, lora_model, gguf_file=None, dtype="float32"):
+    """(PeftModel, tokenizer): the base model with the adapter loaded, and the tokenizer saved with the adapter.
+
+    An adapter trained with an extended vocabulary carries the grown embeddings in full (modules_to_save), so
+    the base embeddings are first resized to the adapter's tokenizer; their new rows are then replaced by the
+    adapter's."""
     base = AutoModelForCausalLM.from_pretrained(base_model, gguf_file=gguf_file, dtype=getattr(torch, dtype))
     if gguf_file:
         drop_gguf_marker(base)
     tokenizer = AutoTokenizer.from_pretrained(lora_model)
     if len(tokenizer) > base.get_input_embeddings().weight.shape[0]:
-        base.resize_token_embeddings(len(tokenizer))
-    model = PeftModel.from_pretrained(base, lora_model).merge_and_unload()
+        base.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    return PeftModel.from_pretrained(base, lora_model), tokenizer
+
+
+def merged_model(base_model, lora_model, gguf_file=None, dtype="float32"):
+    """The base model with the adapter merged in (a plain transformers model), and the adapter's tokenizer."""
+    model, tokenizer = adapter_model(base_model, lora_model, gguf_file, dtype)
+    model = model.merge_and_unload()
     model.config.use_cache = True  # training turned it off; inference wants it
     return model, tokenizer
 

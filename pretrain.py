@@ -7,6 +7,7 @@ User mistakes (bad flags, bad data) end with a one-line message and exit code 2,
 """
 
 import contextlib
+import copy
 import json
 import logging
 import math
@@ -21,13 +22,14 @@ import transformers
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Trainer, set_seed
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from transformers.modeling_utils import set_zero3_state
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, SchedulerType, rotate_checkpoints
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, IntervalStrategy, SchedulerType, rotate_checkpoints
 
 import plan_utils
 import report_utils
 from arguments import UserError, parse_args, run_script, split_list
 from data_utils import (FlattenedCollator, PackedCollator, StreamingRows, describe_documents, list_data_files,
                         prepare_datasets, prepare_mixed_datasets, streaming_datasets)
+from vocab_utils import grow_embeddings
 
 logger = logging.getLogger("pretrain")
 DEBUG_MAX_DOCUMENTS = 1000
@@ -153,6 +155,26 @@ def load_tokenizer(model_args):
     return tokenizer
 
 
+def model_vocab_size(config):
+    """Rows of the model's embeddings as its config states them (a huge number when it does not say)."""
+    return getattr(config.get_text_config(), "vocab_size", None) or sys.maxsize
+
+
+def load_base_tokenizer(model_args, config, tokenizer):
+    """The model's own tokenizer when --tokenizer_name_or_path has more tokens than the model has embeddings
+    (an extended vocabulary), else None. New embedding rows are initialized from how it splits each new token;
+    the extended tokenizer must keep every one of its tokens at the same id."""
+    from vocab_utils import check_extends
+
+    if not model_args.model_name_or_path or len(tokenizer) <= model_vocab_size(config):
+        return None
+    with named_load_errors("--model_name_or_path", model_args.model_name_or_path):
+        base = AutoTokenizer.from_pretrained(model_args.model_name_or_path, gguf_file=model_args.gguf_file,
+                                             **hub_kwargs(model_args))
+    check_extends(base, tokenizer, f"--tokenizer_name_or_path {model_args.tokenizer_name_or_path}")
+    return base
+
+
 def load_config(model_args):
     if model_args.config_name or model_args.model_name_or_path:
         flag = "--config_name" if model_args.config_name else "--model_name_or_path"
@@ -219,6 +241,30 @@ def check_lora_modules(config, training_args):
                             f"{', '.join(linear)}")
 
 
+def embedding_module_names(config):
+    """(input embedding, output embedding) module names, e.g. ('embed_tokens', 'lm_head'), read on the meta
+    device."""
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    names = {id(module): name.rsplit(".", 1)[-1] for name, module in model.named_modules() if name}
+    output = model.get_output_embeddings()
+    return names[id(model.get_input_embeddings())], names[id(output)] if output is not None else None
+
+
+def check_vocabulary_growth(config, tokenizer, training_args):
+    """A LoRA run whose embeddings grow must train and save them in full (--modules_to_save); otherwise the new
+    rows would stay at their initial values and the adapter would not fit the base model."""
+    if training_args.full_finetuning or training_args.peft_path or len(tokenizer) <= model_vocab_size(config):
+        return
+    needed = [n for n in embedding_module_names(config) if n]
+    missing = [n for n in needed if n not in split_list(training_args.modules_to_save)]
+    if missing:
+        raise UserError(f"--modules_to_save: the tokenizer has {len(tokenizer)} tokens and the model "
+                        f"{model_vocab_size(config)},"
+                        f" so the embeddings grow and must be trained and saved in full; add {','.join(missing)} "
+                        f"(e.g. --modules_to_save {','.join(needed)})")
+
+
 def drop_gguf_marker(model):
     """A GGUF model is de-quantized on load; without the quantizer marker it trains and saves as a plain
     float model (safetensors) that every tool loads."""
@@ -226,7 +272,7 @@ def drop_gguf_marker(model):
     model.hf_quantizer, model.is_quantized = None, False
 
 
-def load_model(model_args, config, tokenizer):
+def load_model(model_args, config, tokenizer, base_tokenizer=None):
     dtype = model_args.dtype or "float32"
     dtype = dtype if dtype == "auto" else getattr(torch, dtype)
     if model_args.model_name_or_path:
@@ -241,7 +287,11 @@ def load_model(model_args, config, tokenizer):
     # A KV cache makes transformers skip the packed-sequence (document) mask: never build one in training.
     model.config.use_cache = False
     vocab = model.get_input_embeddings().weight.shape[0]
-    if len(tokenizer) > vocab:
+    if len(tokenizer) > vocab and base_tokenizer is not None:
+        logger.info("Tokenizer has %d tokens, model embeddings %d: new rows are the mean of the rows of the tokens "
+                    "the model's own tokenizer splits each new token into", len(tokenizer), vocab)
+        grow_embeddings(model, base_tokenizer, tokenizer)
+    elif len(tokenizer) > vocab:  # a fresh model: its rows are random anyway
         logger.info("Tokenizer has %d tokens, model embeddings %d: resizing embeddings", len(tokenizer), vocab)
         model.resize_token_embeddings(len(tokenizer))
     return model
@@ -292,6 +342,34 @@ def freeze(model, module_names):
     for name, param in model.named_parameters():
         if names & set(name.split(".")):
             param.requires_grad_(False)
+    return model
+
+
+def train_new_embeddings(model, num_old, training_args, train_dataset, tokenizer):
+    """Stage 1: train only rows num_old and above of the input and output embeddings (the new tokens) for
+    --new_embeddings_steps steps; every other weight, old rows included, stays exactly as it was.
+
+    Old rows get a zero gradient through a hook, and weight decay is off for this stage, so AdamW leaves them
+    unchanged (its update of a parameter whose gradients were always zero is zero)."""
+    weights = list({id(m.weight): m.weight for m in (model.get_input_embeddings(), model.get_output_embeddings())
+                    if m is not None}.values())
+    others = [p for p in model.parameters() if p.requires_grad and all(p is not w for w in weights)]
+    for param in others:
+        param.requires_grad_(False)
+    mask = torch.zeros(weights[0].shape[0], 1)
+    mask[num_old:] = 1
+    hooks = [w.register_hook(lambda grad: grad * mask.to(grad.device, grad.dtype)) for w in weights]
+    args = copy.copy(training_args)
+    args.max_steps, args.weight_decay, args.load_best_model_at_end = training_args.new_embeddings_steps, 0.0, False
+    args.save_strategy = args.eval_strategy = IntervalStrategy.NO
+    logger.info("Stage 1: training only the %d new embedding rows for %d steps", weights[0].shape[0] - num_old,
+                args.max_steps)
+    PretrainTrainer(model=model, args=args, train_dataset=train_dataset, processing_class=tokenizer,
+                    data_collator=PackedCollator(pad_token_id=tokenizer.pad_token_id)).train()
+    for hook in hooks:
+        hook.remove()
+    for param in others:
+        param.requires_grad_(True)
     return model
 
 
@@ -450,6 +528,32 @@ def start_from_checkpoint(model_args, training_args):
         model_args.model_name_or_path, model_args.gguf_file = path, None
 
 
+def check_vocabulary(model_args, config, tokenizer, training_args):
+    """The model's own tokenizer when the vocabulary grows (else None), after every check that needs no weights."""
+    check_vocabulary_growth(config, tokenizer, training_args)
+    base_tokenizer = load_base_tokenizer(model_args, config, tokenizer)
+    if training_args.new_embeddings_steps and base_tokenizer is None:
+        raise UserError("--new_embeddings_steps trains the rows of new tokens, and there are none: give "
+                        "--tokenizer_name_or_path an extended tokenizer (extend_tokenizer.py) larger than the model")
+    return base_tokenizer
+
+
+def trainable_model(model_args, config, tokenizer, base_tokenizer, training_args, stage_one_data=None):
+    """The model ready for the Trainer: loaded (embeddings grown to the tokenizer), stage 1 trained on
+    stage_one_data when asked (not when resuming: the checkpoint has it), then LoRA-wrapped or partly frozen."""
+    num_old = model_vocab_size(config)  # read before load_model: resizing updates the config
+    model = load_model(model_args, config, tokenizer, base_tokenizer)
+    if training_args.new_embeddings_steps and training_args.do_train and stage_one_data is not None:
+        train_new_embeddings(model, num_old, training_args, stage_one_data, tokenizer)
+    set_seed(training_args.seed)  # new LoRA weights from --seed, whatever loading the model drew before
+    if training_args.full_finetuning:
+        freeze(model, training_args.freeze_modules)
+    else:
+        model = add_lora(model, training_args)
+    log_trainable(model)
+    return model
+
+
 def main(argv=None):
     model_args, data_args, training_args = parse_args(argv)
     setup_logging(training_args)
@@ -458,6 +562,7 @@ def main(argv=None):
     tokenizer = load_tokenizer(model_args)
     block_size = resolve_block_size(data_args.block_size, config)
     check_lora_modules(config, training_args)
+    base_tokenizer = check_vocabulary(model_args, config, tokenizer, training_args)
     if training_args.dry_run:  # before anything is written or renamed in output_dir
         lines = plan_utils.plan_lines(model_args, data_args, training_args, config, tokenizer, block_size)
         if training_args.process_index == 0:
@@ -474,13 +579,8 @@ def main(argv=None):
     resume_streaming_position(train_dataset, resume, training_args)
 
     init_distributed_for_zero3(training_args)
-    model = load_model(model_args, config, tokenizer)
-    set_seed(training_args.seed)  # new LoRA weights from --seed, whatever loading the model drew before
-    if training_args.full_finetuning:
-        freeze(model, training_args.freeze_modules)
-    else:
-        model = add_lora(model, training_args)
-    log_trainable(model)
+    model = trainable_model(model_args, config, tokenizer, base_tokenizer, training_args,
+                            train_dataset if resume is None else None)
     trainer = PretrainTrainer(model=model, args=training_args, train_dataset=train_dataset,
                               eval_dataset=eval_dataset, eval_sizes=eval_sizes, processing_class=tokenizer,
                               data_collator=data_collator(model_args, tokenizer),

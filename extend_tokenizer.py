@@ -1,0 +1,136 @@
+"""Extend a tokenizer with vocabulary for a new language, keeping every existing token id, and report what it
+changed: tokens per byte before and after, and decode(encode(x)) == x, on held-out text of each language.
+
+    python extend_tokenizer.py --tokenizer_name_or_path BASE --train_files vi.jsonl --num_new_tokens 8000 \\
+        --output_dir OUT [--eval_files en=en.txt] [--pad_to_multiple_of 64] [--add_words words.txt]
+
+Works for byte-level BPE tokenizer.json tokenizers (GPT-2, SmolLM2, Llama-3, Qwen) and SentencePiece
+tokenizer.model ones (Llama-2, Mistral). OUT loads with AutoTokenizer.from_pretrained; give it to pretrain.py
+as --tokenizer_name_or_path with the base model as --model_name_or_path, and the embeddings grow to match.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+from arguments import UserError, split_list
+from data_utils import clean_documents, read_documents, split_documents
+from collections import Counter
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tokenizer_name_or_path", required=True,
+                        help="Base tokenizer (or model) folder: a byte-level BPE tokenizer.json or a SentencePiece "
+                        "tokenizer.model.")
+    parser.add_argument("--train_files", nargs="+", required=True,
+                        help="Target-language text the new vocabulary is learned on (.txt, .jsonl, .json, .csv, "
+                        ".parquet or folders, read as pretrain.py reads them).")
+    parser.add_argument("--text_column", help="Field holding the text in .jsonl/.json/.csv/.parquet files.")
+    parser.add_argument("--output_dir", required=True, help="Where the extended tokenizer folder is written.")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--num_new_tokens", type=int, help="How many tokens to learn on --train_files.")
+    size.add_argument("--target_vocab_size", type=int, help="Learn tokens until the tokenizer has this many.")
+    parser.add_argument("--pad_to_multiple_of", type=int, default=1,
+                        help="Learn a few more tokens so the size is a multiple of this (64 suits GPU kernels); "
+                        "1: off.")
+    parser.add_argument("--add_words", help="Quick path: a file of words (one a line) that each become one token.")
+    parser.add_argument("--add_missing_chars", action="store_true",
+                        help="Quick path: make every letter or digit of --train_files that is not yet one token "
+                        "one token (CJK, Hangul, Vietnamese letters).")
+    parser.add_argument("--model_type", default="bpe", choices=["bpe", "unigram"],
+                        help="SentencePiece bases only: the model type trained on --train_files (byte-level BPE "
+                        "bases always continue BPE training).")
+    parser.add_argument("--validation_split_percentage", type=float, default=10.0,
+                        help="Percent of --train_files documents held out (by a hash of each document, as "
+                        "pretrain.py does) for the report and not learned from; 0: report on --eval_files only.")
+    parser.add_argument("--eval_files", help="More held-out sets for the report, e.g. en=en.txt,ko=ko.jsonl.")
+    args = parser.parse_args(argv)
+    for flag in ("num_new_tokens", "target_vocab_size", "pad_to_multiple_of"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise UserError(f"--{flag} {value}: must be at least 1")
+    if not (args.num_new_tokens or args.target_vocab_size or args.add_words or args.add_missing_chars):
+        raise UserError("nothing to add: give --num_new_tokens, --target_vocab_size, --add_words or "
+                        "--add_missing_chars")
+    if not 0 <= args.validation_split_percentage < 100:
+        raise UserError(f"--validation_split_percentage {args.validation_split_percentage}: must be in [0, 100)")
+    return args
+
+
+def read_texts(paths, text_column):
+    """Cleaned documents of the given files or folders, as pretrain.py reads them."""
+    from data_utils import list_data_files
+
+    for path in paths:
+        if not os.path.exists(path):
+            raise UserError(f"--train_files {path}: no such file or directory")
+    texts = list(clean_documents((t for f in list_data_files(paths) for t in read_documents(f, text_column)),
+                                 Counter()))
+    if not texts:
+        raise UserError(f"--train_files {' '.join(paths)}: no documents with text")
+    return texts
+
+
+def named_eval_texts(spec, held_out, text_column):
+    """{name: documents}: the held-out part of --train_files ('train_held_out') and each --eval_files set."""
+    sets = {"train_held_out": held_out} if held_out else {}
+    for item in split_list(spec):
+        name, sep, path = item.partition("=")
+        if not sep or not os.path.exists(path):
+            raise UserError(f"--eval_files {item!r}: expected name=path of an existing file")
+        sets[name] = read_texts([path], text_column)
+    return sets
+
+
+def words_to_add(args, train_texts):
+    """The quick path's words: --add_words' lines, then --add_missing_chars' characters."""
+    from transformers import AutoTokenizer
+
+    words = []
+    if args.add_words:
+        if not os.path.isfile(args.add_words):
+            raise UserError(f"--add_words {args.add_words}: no such file")
+        with open(args.add_words, encoding="utf-8") as f:
+            words = [line.strip() for line in f if line.strip()]
+    if args.add_missing_chars:
+        from vocab_utils import missing_characters
+
+        words += missing_characters(AutoTokenizer.from_pretrained(args.tokenizer_name_or_path), train_texts)
+    return words
+
+
+def main(argv=None):
+    from transformers import AutoTokenizer
+
+    from vocab_utils import extend_tokenizer, tokenizer_family, tokens_per_byte_report
+
+    args = parse_args(argv)
+    tokenizer_family(args.tokenizer_name_or_path)  # fail before reading any corpus
+    train, held_out = split_documents(read_texts(args.train_files, args.text_column), args.validation_split_percentage)
+    eval_sets = named_eval_texts(args.eval_files, held_out, args.text_column)
+    plan = {"num_new_tokens": args.num_new_tokens, "target_vocab_size": args.target_vocab_size,
+            "pad_to_multiple_of": args.pad_to_multiple_of, "words": words_to_add(args, train),
+            "model_type": args.model_type}
+    record = extend_tokenizer(args.tokenizer_name_or_path, train, plan, args.output_dir)
+    base, extended = (AutoTokenizer.from_pretrained(p) for p in (args.tokenizer_name_or_path, args.output_dir))
+    report = {name: tokens_per_byte_report(base, extended, texts) for name, texts in eval_sets.items()}
+    with open(os.path.join(args.output_dir, "tokens_per_byte.json"), "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=1)
+    print(f"{record['base_size']} -> {record['size']} tokens ({len(record['trained_tokens'])} learned, "
+          f"{len(record['added_words_or_characters'])} words or characters added)")
+    for name, r in report.items():
+        print(f"{name}: tokens per byte {r['base_tokens_per_byte']:.4f} -> {r['extended_tokens_per_byte']:.4f} "
+              f"({100 * r['change']:+.1f}%), same ids {100 * r['same_ids_share']:.1f}% of {r['documents']} "
+              f"documents, decode(encode(x)) != x for {r['round_trip_failures']}")
+    print(f"extended tokenizer written to {args.output_dir}")
+    return report
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,154 @@
+"""pretrain.py with an extended tokenizer on a tiny random Llama (seconds): embeddings grow with mean-of-subtokens
+rows, LoRA needs the embeddings in modules_to_save, stage 1 trains only new rows, and the adapter or merged model
+loads with the new vocabulary."""
+
+import json
+import os
+
+import pytest
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+import extend_tokenizer
+import merge_lora
+import pretrain
+from arguments import UserError
+from test_vocab_utils import VIETNAMESE, write_corpus
+from vocab_utils import subtoken_ids
+
+NEW = 30
+
+
+@pytest.fixture(scope="module")
+def extended_dir(tiny_model_dir, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ext")
+    out = str(folder / "tokenizer")
+    extend_tokenizer.main(["--tokenizer_name_or_path", tiny_model_dir, "--train_files", write_corpus(str(folder), VIETNAMESE),
+                           "--num_new_tokens", str(NEW), "--output_dir", out, "--validation_split_percentage", "0"])
+    return out
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return os.path.dirname(write_corpus(str(tmp_path_factory.mktemp("data")), VIETNAMESE))
+
+
+def run(model_dir, tokenizer_dir, data_dir, out, *extra):
+    return pretrain.main(["--model_name_or_path", model_dir, "--tokenizer_name_or_path", tokenizer_dir,
+                          "--dataset_dir", data_dir, "--output_dir", str(out), "--data_cache_dir", str(out) + "-cache",
+                          "--do_train", "--max_steps", "2", "--block_size", "32", "--per_device_train_batch_size", "2",
+                          "--learning_rate", "1e-2", "--save_strategy", "no", "--report_to", "none",
+                          "--lora_dropout", "0", *extra])
+
+
+def logits(model, ids):
+    model.eval()
+    with torch.no_grad():
+        return model(input_ids=torch.tensor([ids])).logits
+
+
+@pytest.fixture(scope="module")
+def lora_run(tiny_model_dir, extended_dir, data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("lora") / "out"
+    trainer = run(tiny_model_dir, extended_dir, data_dir, out, "--modules_to_save", "embed_tokens,lm_head")
+    return trainer, str(out)
+
+
+def test_lora_without_embeddings_in_modules_to_save_is_one_line_before_loading(tiny_model_dir, extended_dir, data_dir,
+                                                                               tmp_path, monkeypatch):
+    monkeypatch.setattr(pretrain, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    with pytest.raises(UserError, match=r"^--modules_to_save: the tokenizer has \d+ tokens and the model \d+, so the "
+                                        r"embeddings grow .*; add embed_tokens,lm_head \(e.g."):
+        run(tiny_model_dir, extended_dir, data_dir, tmp_path / "out")
+    with pytest.raises(UserError, match="add lm_head"):
+        run(tiny_model_dir, extended_dir, data_dir, tmp_path / "out", "--modules_to_save", "embed_tokens")
+
+
+def test_grown_model_starts_from_mean_rows_and_adapter_saves_the_extended_tokenizer(lora_run, tiny_model_dir,
+                                                                                   extended_dir):
+    _, out = lora_run
+    extended, base = AutoTokenizer.from_pretrained(out), AutoTokenizer.from_pretrained(tiny_model_dir)
+    assert len(extended) == len(base) + NEW == len(AutoTokenizer.from_pretrained(extended_dir))
+    weights = load_file(os.path.join(out, "adapter_model.safetensors"))
+    emb = weights["base_model.model.model.embed_tokens.weight"]
+    assert emb.shape[0] == len(extended) and torch.equal(weights["base_model.model.lm_head.weight"], emb)
+
+
+def test_adapter_loads_onto_the_base_with_the_extended_tokenizer(lora_run, tiny_model_dir):
+    trainer, out = lora_run
+    ids = AutoTokenizer.from_pretrained(out)(VIETNAMESE[0], add_special_tokens=False)["input_ids"]
+    assert max(ids) >= len(AutoTokenizer.from_pretrained(tiny_model_dir))  # new tokens in the input
+    loaded, tokenizer = merge_lora.adapter_model(tiny_model_dir, out)
+    assert len(tokenizer) == loaded.get_input_embeddings().weight.shape[0]
+    torch.testing.assert_close(logits(loaded, ids), logits(trainer.model, ids), atol=1e-5, rtol=0)
+
+
+def test_merge_lora_writes_a_model_with_the_new_vocabulary(lora_run, tiny_model_dir, tmp_path):
+    trainer, out = lora_run
+    assert merge_lora.main(["--base_model", tiny_model_dir, "--lora_model", out, "--output_dir",
+                            str(tmp_path / "merged")]) == 0
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "merged")
+    assert merged.config.vocab_size == len(tokenizer) == merged.get_input_embeddings().weight.shape[0]
+    assert merged.lm_head.weight.data_ptr() == merged.model.embed_tokens.weight.data_ptr()
+    ids = tokenizer(VIETNAMESE[1], add_special_tokens=False)["input_ids"]
+    torch.testing.assert_close(logits(merged, ids), logits(trainer.model, ids), atol=1e-4, rtol=0)
+
+
+def test_load_model_grows_embeddings_with_mean_rows(tiny_model_dir, extended_dir, tmp_path):
+    from arguments import parse_args
+
+    model_args, _, training_args = parse_args(["--model_name_or_path", tiny_model_dir, "--tokenizer_name_or_path",
+                                               extended_dir, "--output_dir", str(tmp_path), "--full_finetuning"])
+    config, tokenizer = pretrain.load_config(model_args), pretrain.load_tokenizer(model_args)
+    base_tokenizer = pretrain.check_vocabulary(model_args, config, tokenizer, training_args)
+    old = AutoModelForCausalLM.from_pretrained(tiny_model_dir).get_input_embeddings().weight
+    model = pretrain.load_model(model_args, config, tokenizer, base_tokenizer)
+    grown = model.get_input_embeddings().weight
+    assert grown.shape[0] == len(tokenizer) and torch.equal(grown[:old.shape[0]], old)
+    for index, parts in subtoken_ids(base_tokenizer, tokenizer).items():
+        torch.testing.assert_close(grown[index], old[parts].mean(0))
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+
+
+def test_stage_one_trains_only_the_new_rows(tiny_model_dir, extended_dir, data_dir, tmp_path):
+    from arguments import parse_args
+
+    model_args, data_args, training_args = parse_args([
+        "--model_name_or_path", tiny_model_dir, "--tokenizer_name_or_path", extended_dir, "--dataset_dir", data_dir,
+        "--output_dir", str(tmp_path / "s1"), "--data_cache_dir", str(tmp_path / "cache"), "--full_finetuning",
+        "--new_embeddings_steps", "3", "--learning_rate", "1e-2", "--weight_decay", "0.1", "--report_to", "none",
+        "--per_device_train_batch_size", "2"])
+    config, tokenizer = pretrain.load_config(model_args), pretrain.load_tokenizer(model_args)
+    base_tokenizer = pretrain.check_vocabulary(model_args, config, tokenizer, training_args)
+    train, _, _ = pretrain.build_datasets(data_args, training_args, tokenizer, 32)
+    num_old = config.vocab_size
+    model = pretrain.load_model(model_args, config, tokenizer, base_tokenizer)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    pretrain.train_new_embeddings(model, num_old, training_args, train, tokenizer)
+    emb = model.get_input_embeddings().weight
+    assert torch.equal(emb[:num_old], before["model.embed_tokens.weight"][:num_old])  # despite weight decay
+    assert not torch.equal(emb[num_old:], before["model.embed_tokens.weight"][num_old:])
+    assert model.lm_head.weight is emb
+    for name, param in model.named_parameters():
+        assert param.requires_grad, name  # stage 2 trains what it chooses
+        if name != "model.embed_tokens.weight":
+            assert torch.equal(param, before[name]), name
+
+
+def test_main_runs_stage_one_before_stage_two(tiny_model_dir, extended_dir, data_dir, tmp_path, monkeypatch):
+    calls = []
+    real = pretrain.train_new_embeddings
+    monkeypatch.setattr(pretrain, "train_new_embeddings", lambda model, num_old, args, *rest: calls.append(
+        (num_old, args.new_embeddings_steps, isinstance(model, PeftModel))) or real(model, num_old, args, *rest))
+    trainer = run(tiny_model_dir, extended_dir, data_dir, tmp_path / "two", "--new_embeddings_steps", "2",
+                  "--modules_to_save", "embed_tokens,lm_head")
+    assert calls == [(AutoModelForCausalLM.from_pretrained(tiny_model_dir).config.vocab_size, 2, False)]
+    assert trainer.state.global_step == 2  # stage 2 counts its own steps
+
+
+def test_stage_one_needs_a_grown_vocabulary(tiny_model_dir, data_dir, tmp_path):
+    with pytest.raises(UserError, match="--new_embeddings_steps trains the rows of new tokens, and there are none"):
+        run(tiny_model_dir, tiny_model_dir, data_dir, tmp_path / "x", "--full_finetuning", "--new_embeddings_steps", "2")
