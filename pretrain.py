@@ -381,7 +381,8 @@ def log_trainable(model):
 
 def last_complete_checkpoint(folder):
     """The newest checkpoint-N in folder that was marked complete. Newer, unmarked ones (a run killed while
-    saving) are renamed checkpoint-N.incomplete so that neither resume nor rotation takes them."""
+    saving) are renamed incomplete-checkpoint-N: out of the checkpoint-* names that resume and the Trainer's
+    rotation (--save_total_limit) look at, which could otherwise keep it and delete a complete one."""
     steps = sorted((int(m.group(1)), name) for name in os.listdir(folder)
                    if (m := re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)", name))
                    and os.path.isdir(os.path.join(folder, name)))
@@ -389,9 +390,9 @@ def last_complete_checkpoint(folder):
         path = os.path.join(folder, name)
         if os.path.isfile(os.path.join(path, COMPLETE_MARKER)):
             return path
-        logger.warning("%s was not finished (the run stopped while saving); renamed to %s.incomplete", path, name)
+        logger.warning("%s was not finished (the run stopped while saving); renamed to incomplete-%s", path, name)
         with contextlib.suppress(FileNotFoundError):  # another process of the run renamed it first
-            os.replace(path, path + ".incomplete")
+            os.replace(path, os.path.join(folder, "incomplete-" + name))
     return None
 
 

@@ -227,7 +227,7 @@ def test_checkpoints_are_marked_complete_and_a_run_resumes_from_the_last_one(tin
     losses = [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h]
     assert losses[:2] == [(h["step"], h["loss"]) for h in first.state.log_history if "loss" in h]  # restored
     assert [step for step, _ in losses] == [1, 2, 3]
-    assert (out / "checkpoint-3.incomplete").is_dir() and (out / "checkpoint-3" / pretrain.COMPLETE_MARKER).is_file()
+    assert (out / "incomplete-checkpoint-3").is_dir() and (out / "checkpoint-3" / pretrain.COMPLETE_MARKER).is_file()
 
 
 def test_finished_run_is_not_overwritten_without_the_flag(tiny_model_dir, corpus_dir, tmp_path):

@@ -123,7 +123,7 @@ def test_stage_one_trains_only_the_new_rows(tiny_model_dir, extended_dir, data_d
         "--per_device_train_batch_size", "2"])
     config, tokenizer = pretrain.load_config(model_args), pretrain.load_tokenizer(model_args)
     base_tokenizer = pretrain.check_vocabulary(model_args, config, tokenizer, training_args)
-    train, _, _ = pretrain.build_datasets(data_args, training_args, tokenizer, 32)
+    train, _, _, _ = pretrain.build_datasets(data_args, training_args, tokenizer, 32)
     num_old = config.vocab_size
     model = pretrain.load_model(model_args, config, tokenizer, base_tokenizer)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
