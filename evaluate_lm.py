@@ -19,30 +19,26 @@ import sys
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from arguments import DTYPES, UserError, named_paths, run_script, split_list
+from arguments import UserError, named_paths, run_script, split_list
 from eval_utils import evaluate_model, flat_figures, read_probes, read_texts
+from merge_lora import adapter_model
 from pretrain import drop_gguf_marker, named_load_errors
 
 
 def load_for_eval(model_path, adapter=None, gguf_file=None, dtype="float32"):
-    """(model, tokenizer) ready to evaluate: the model alone or with the adapter applied. The adapter's tokenizer
-    is used when it has one (it may have grown the vocabulary, and the embeddings with it)."""
-    with named_load_errors("--model_name_or_path", model_path):
-        model = AutoModelForCausalLM.from_pretrained(
-            model_path, gguf_file=gguf_file, dtype=dtype if dtype == "auto" else getattr(torch, dtype))
-    if gguf_file:
-        drop_gguf_marker(model)
-    tokenizer_path = adapter if adapter and os.path.isfile(os.path.join(adapter, "tokenizer_config.json")) else model_path
-    with named_load_errors("--adapter" if tokenizer_path == adapter else "--model_name_or_path", tokenizer_path):
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, gguf_file=None if adapter else gguf_file)
+    """(model, tokenizer) ready to evaluate: the model alone, or with the adapter loaded as merge_lora.py loads
+    it (with the adapter's tokenizer, which may have grown the vocabulary)."""
     if adapter:
-        from peft import PeftModel
-
         if not os.path.isfile(os.path.join(adapter, "adapter_config.json")):
             raise UserError(f"--adapter {adapter}: no adapter_config.json there; give a LoRA adapter folder")
-        if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
-            model.resize_token_embeddings(len(tokenizer))
-        model = PeftModel.from_pretrained(model, adapter)
+        with named_load_errors("--adapter", adapter):
+            model, tokenizer = adapter_model(model_path, adapter, gguf_file, dtype)
+    else:
+        with named_load_errors("--model_name_or_path", model_path):
+            model = AutoModelForCausalLM.from_pretrained(model_path, gguf_file=gguf_file, dtype=getattr(torch, dtype))
+            tokenizer = AutoTokenizer.from_pretrained(model_path, gguf_file=gguf_file)
+        if gguf_file:
+            drop_gguf_marker(model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model.to("cuda" if torch.cuda.is_available() else "cpu"), tokenizer
@@ -100,7 +96,7 @@ def parse(argv):
                         "at most 1024.")
     parser.add_argument("--batch_size", type=int, default=8, help="Windows scored at once.")
     parser.add_argument("--gguf_file", help="GGUF file inside the first model folder, if it is a GGUF.")
-    parser.add_argument("--dtype", default="float32", choices=DTYPES, help="dtype the models are evaluated in.")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="dtype the models are evaluated in.")
     return parser.parse_args(argv)
 
 
