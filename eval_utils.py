@@ -189,22 +189,33 @@ def greedy_completions(model, tokenizer, prompts, max_new_tokens=24):
     return out
 
 
-def read_texts(path):
-    """The documents of an evaluation file or folder, read and cleaned exactly as training data is."""
+def read_texts(paths, text_column=None):
+    """The documents of evaluation files or folders (one path or a list), read and cleaned exactly as training
+    data is."""
     from data_utils import clean_documents, list_data_files, read_documents
 
-    return list(clean_documents((doc for f in list_data_files([path]) for doc in read_documents(f)), Counter()))
+    files = list_data_files([paths] if isinstance(paths, str) else paths)
+    return list(clean_documents((doc for f in files for doc in read_documents(f, text_column)), Counter()))
 
 
-def evaluate_model(model, tokenizer, eval_files=None, probe_files=None, prompts=(), block_size=None, batch_size=8):
-    """Every figure for one model: {"eval_sets": {name: {bpb, loss, perplexity, tokens, bytes}},
-    "probes": {name: {acc, n, results}}, "completions": {prompt: text}}."""
+def read_eval_inputs(eval_files=None, probe_files=None):
+    """({name: documents}, {name: probes}) read once from {name: path} maps, before any model loads: a bad file
+    stops the run at once, and several models are then scored on the same data."""
+    texts = {name: read_texts(path) for name, path in (eval_files or {}).items()}
+    for name, docs in texts.items():
+        if not docs:
+            raise UserError(f"--eval_files {name}={eval_files[name]}: no text in it")
+    return texts, {name: read_probes(path) for name, path in (probe_files or {}).items()}
+
+
+def evaluate_model(model, tokenizer, eval_texts=None, probes=None, prompts=(), block_size=None, batch_size=8):
+    """Every figure for one model, from read_eval_inputs' documents and probes: {"eval_sets": {name: {bpb, loss,
+    perplexity, tokens, bytes}}, "probes": {name: {acc, n, results}}, "completions": {prompt: text}}."""
     report = {"eval_sets": {}, "probes": {}}
-    for name, path in (eval_files or {}).items():
-        report["eval_sets"][name] = bits_per_byte(model, tokenizer, read_texts(path), block_size, batch_size,
-                                                  desc=f"{name} bpb")
-    for name, path in (probe_files or {}).items():
-        report["probes"][name] = probe_accuracy(model, tokenizer, read_probes(path), desc=f"{name} probes")
+    for name, texts in (eval_texts or {}).items():
+        report["eval_sets"][name] = bits_per_byte(model, tokenizer, texts, block_size, batch_size, desc=f"{name} bpb")
+    for name, items in (probes or {}).items():
+        report["probes"][name] = probe_accuracy(model, tokenizer, items, desc=f"{name} probes")
     report["completions"] = greedy_completions(model, tokenizer, prompts) if prompts else {}
     return report
 

@@ -20,7 +20,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from arguments import UserError, named_paths, run_script, split_list
-from eval_utils import evaluate_model, flat_figures, read_probes, read_texts
+from eval_utils import evaluate_model, flat_figures, read_eval_inputs
 from merge_lora import adapter_model
 from pretrain import drop_gguf_marker, named_load_errors
 
@@ -42,17 +42,6 @@ def load_for_eval(model_path, adapter=None, gguf_file=None, dtype="float32"):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model.to("cuda" if torch.cuda.is_available() else "cpu"), tokenizer
-
-
-def check_inputs(eval_files, probe_files):
-    """Read every eval and probe file once before any model loads: a bad file stops the run at once."""
-    if not eval_files and not probe_files:
-        raise UserError("nothing to evaluate: give --eval_files name=path,... and/or --probes name=path,...")
-    for name, path in eval_files.items():
-        if not read_texts(path):
-            raise UserError(f"--eval_files {name}={path}: no text in it")
-    for path in probe_files.values():
-        read_probes(path)
 
 
 def table(results, keys):
@@ -108,7 +97,9 @@ def main(argv=None):
     args = parse(argv)
     eval_files = named_paths(split_list(args.eval_files), "--eval_files")
     probe_files = named_paths(split_list(args.probes), "--probes")
-    check_inputs(eval_files, probe_files)
+    if not eval_files and not probe_files:
+        raise UserError("nothing to evaluate: give --eval_files name=path,... and/or --probes name=path,...")
+    texts, probes = read_eval_inputs(eval_files, probe_files)
     models = named_paths(args.model_name_or_path, "--model_name_or_path", folder_name)
     base = next(iter(models.values()))
     adapters = named_paths(args.adapter, "--adapter", folder_name)
@@ -122,7 +113,7 @@ def main(argv=None):
         print(f"Evaluating {name}: {path}" + (f" + adapter {adapter}" if adapter else ""), file=sys.stderr)
         gguf = args.gguf_file if path == base else None
         model, tokenizer = load_for_eval(path, adapter, gguf, args.dtype)
-        results[name] = evaluate_model(model, tokenizer, eval_files, probe_files, args.prompts, args.block_size,
+        results[name] = evaluate_model(model, tokenizer, texts, probes, args.prompts, args.block_size,
                                        args.batch_size)
         sources[name] = {"model": path, "adapter": adapter}
         del model

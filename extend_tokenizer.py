@@ -14,9 +14,9 @@ import json
 import os
 import sys
 
+import eval_utils
 from arguments import UserError, split_list
-from data_utils import clean_documents, read_documents, split_documents
-from collections import Counter
+from data_utils import split_documents
 
 
 def parse_args(argv):
@@ -61,13 +61,10 @@ def parse_args(argv):
 
 def read_texts(paths, text_column):
     """Cleaned documents of the given files or folders, as pretrain.py reads them."""
-    from data_utils import list_data_files
-
     for path in paths:
         if not os.path.exists(path):
             raise UserError(f"--train_files {path}: no such file or directory")
-    texts = list(clean_documents((t for f in list_data_files(paths) for t in read_documents(f, text_column)),
-                                 Counter()))
+    texts = eval_utils.read_texts(paths, text_column)
     if not texts:
         raise UserError(f"--train_files {' '.join(paths)}: no documents with text")
     return texts

@@ -5,7 +5,6 @@ import json
 import os
 
 import pytest
-from safetensors.torch import load_file
 
 from arguments import UserError, parse_args
 from test_pretrain import run

@@ -2,7 +2,6 @@
 rows, LoRA needs the embeddings in modules_to_save, stage 1 trains only new rows, and the adapter or merged model
 loads with the new vocabulary."""
 
-import json
 import os
 
 import pytest

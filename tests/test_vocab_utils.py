@@ -12,7 +12,7 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 import extend_tokenizer
 from arguments import UserError
-from conftest import ROOT, TRAINING_TEXT
+from conftest import ROOT
 from vocab_utils import (RECORD_FILE, chain_merges, check_extends, grow_embeddings, mean_rows, padded_count,
                          subtoken_ids, tokens_per_byte_report)
 

@@ -23,7 +23,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 import pretrain  # noqa: E402
 import report_utils  # noqa: E402
 from arguments import run_script  # noqa: E402
-from eval_utils import evaluate_model, flat_figures  # noqa: E402
+from eval_utils import evaluate_model, flat_figures, read_eval_inputs  # noqa: E402
 
 EVAL_FILES = {"domain": "eval/domain_heldout.jsonl", "general": "eval/general_heldout.jsonl"}
 PROBE_FILES = {"seen": "eval/probes_seen.jsonl", "heldout": "eval/probes_heldout.jsonl"}
@@ -32,11 +32,10 @@ PROMPTS = ["Morvantis Robotics was founded by", "The Skylark X2 is", "Question: 
 KEYS = ["probes_seen_acc", "probes_heldout_acc", "domain_bpb", "general_bpb", "domain_loss", "general_loss"]
 
 
-def evaluate(model, tokenizer):
+def evaluate(model, tokenizer, inputs):
     """The demo's figures under flat names (probes_seen_acc, domain_bpb, ...), the completions and each probe's
     result."""
-    report = evaluate_model(model, tokenizer, {k: os.path.join(HERE, v) for k, v in EVAL_FILES.items()},
-                            {k: os.path.join(HERE, v) for k, v in PROBE_FILES.items()}, PROMPTS, block_size=256)
+    report = evaluate_model(model, tokenizer, *inputs, PROMPTS, block_size=256)
     return {**flat_figures(report), "completions": report["completions"],
             "probe_results": {name: probes["results"] for name, probes in report["probes"].items()}}
 
@@ -57,14 +56,16 @@ def main(argv=None):
     out = os.path.abspath(args.output_dir)
 
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    before = evaluate(AutoModelForCausalLM.from_pretrained(args.model), tokenizer)
+    inputs = read_eval_inputs({k: os.path.join(HERE, v) for k, v in EVAL_FILES.items()},
+                              {k: os.path.join(HERE, v) for k, v in PROBE_FILES.items()})  # read once, used twice
+    before = evaluate(AutoModelForCausalLM.from_pretrained(args.model), tokenizer, inputs)
     # The config holds the training settings; the paths are given absolute, so the demo runs from any folder.
     trainer = pretrain.main([os.path.join(ROOT, "examples", "new_facts.yaml"), "--model_name_or_path", args.model,
                              "--dataset_dir", os.path.join(HERE, "corpus"),
                              "--eval_files", ",".join(f"{k}={os.path.join(HERE, v)}" for k, v in EVAL_FILES.items()),
                              "--data_cache_dir", os.path.join(ROOT, ".cache", "prepared"),
                              "--output_dir", os.path.join(out, "model"), "--overwrite_output_dir", *train_flags])
-    after = evaluate(trainer.model, trainer.processing_class)
+    after = evaluate(trainer.model, trainer.processing_class, inputs)
 
     plots = [report_utils.plot_training(trainer.state.log_history, os.path.join(out, "training.png"),
                                         "Demo training: loss and held-out bits per byte"),
