@@ -282,8 +282,9 @@ class DataArguments:
     )
     preprocessing_num_workers: Optional[int] = field(
         default=None,
-        metadata={"help": "Processes that tokenize, one core each (the fast tokenizer's own threads are off in "
-                  "them). Default: one process whose fast tokenizer threads use every core."},
+        metadata={"help": "Processes that read, clean and tokenize shards of the data, one core each (the fast "
+                  "tokenizer's own threads are off in them); the prepared rows are the same for any number. "
+                  "Default: one process whose fast tokenizer threads use every core."},
     )
     keep_linebreaks: bool = field(
         default=True,

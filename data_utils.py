@@ -5,16 +5,21 @@ files --read--> documents --clean--> --split by document hash--> train / validat
       --pack into block_size rows (position_ids restart at each document)--> cache (Arrow) --> Trainer
 
 Every function on the path from documents to rows is pure; `prepare_datasets` wires them and caches the
-result under a fingerprint of the input contents, the tokenizer and the options.
+result under a fingerprint of the input contents, the tokenizer and the options. With
+--preprocessing_num_workers 2 or more, worker processes read and clean shards of the files and tokenize
+chunks of the documents; the main process merges the shards' exact-dedupe digests in file order, splits
+and packs, so the rows are the same for any number of workers.
 """
 
 import contextlib
 import csv
 import dataclasses
+import functools
 import hashlib
 import itertools
 import json
 import logging
+import multiprocessing
 import os
 import re
 import shutil
@@ -140,17 +145,14 @@ def record_text(record, column, where):
     return value or ""
 
 
-def read_jsonl(path, text_column, skipped=None):
-    offset = 0
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            try:
-                line = decode_utf8(raw, path, offset, lineno)
-                if line.strip():
-                    yield record_text(parse_json_line(line, path, lineno), text_column, f"{path}:{lineno}")
-            except UserError as e:  # one bad line among millions: stop, or skip and count it
-                skip_or_raise(e, skipped)
-            offset += len(raw)
+def read_jsonl(path, text_column, skipped=None, start=0, end=None):
+    for lineno, offset, raw in numbered_lines(path, start, end):
+        try:
+            line = decode_utf8(raw, path, offset, lineno)
+            if line.strip():
+                yield record_text(parse_json_line(line, path, lineno), text_column, f"{path}:{lineno}")
+        except UserError as e:  # one bad line among millions: stop, or skip and count it
+            skip_or_raise(e, skipped)
 
 
 def parse_json_line(line, path, lineno):
@@ -160,26 +162,77 @@ def parse_json_line(line, path, lineno):
         raise UserError(f"{path}:{lineno}:{e.colno}: invalid JSON: {e.msg}") from None
 
 
-def read_text(path, keep_linebreaks, skipped=None):
+def read_text(path, keep_linebreaks, skipped=None, start=0, end=None):
     """Documents of a .txt file, read a line at a time so that a file may be larger than memory; a document
     with bytes that are not UTF-8 stops the run, or with --skip_bad_records is skipped and counted."""
-    lines, bad, offset = [], False, 0
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            try:
-                line = decode_utf8(raw, path, offset, lineno)
-            except UserError as e:
-                skip_or_raise(e, skipped)
-                line, bad = "x", True  # not blank: the rest of this document is dropped with it
-            offset += len(raw)
-            if line.rstrip("\r\n").strip(" \t"):
-                lines.append(line)
-                continue
-            if not bad:
-                yield from split_text_documents("".join(lines), keep_linebreaks)
-            lines, bad = [], False
+    lines, bad = [], False
+    for lineno, offset, raw in numbered_lines(path, start, end):
+        try:
+            line = decode_utf8(raw, path, offset, lineno)
+        except UserError as e:
+            skip_or_raise(e, skipped)
+            line, bad = "x", True  # not blank: the rest of this document is dropped with it
+        if not is_blank_line(raw):
+            lines.append(line)
+            continue
+        if not bad:
+            yield from split_text_documents("".join(lines), keep_linebreaks)
+        lines, bad = [], False
     if not bad:
         yield from split_text_documents("".join(lines), keep_linebreaks)
+
+
+def numbered_lines(path, start=0, end=None):
+    """(line number, byte offset, bytes) of each line of a file that starts in [start, end); start is a line's
+    first byte. The lines before start are counted, not decoded, so a shard's errors still name the line."""
+    with open(path, "rb") as f:
+        lineno = 1
+        while f.tell() < start and (chunk := f.read(min(2**24, start - f.tell()))):
+            lineno += chunk.count(b"\n")
+        offset = start
+        for raw in f:
+            if end is not None and offset >= end:
+                return
+            yield lineno, offset, raw
+            lineno, offset = lineno + 1, offset + len(raw)
+
+
+def is_blank_line(raw):
+    """A line of a .txt file that separates documents (as read_text decides, on the undecoded bytes)."""
+    return not raw.rstrip(b"\r\n").strip(b" \t")
+
+
+def data_shards(paths, pieces):
+    """(path, start byte, end byte or None) parts of the data files, about `pieces` of equal size in all, each
+    a whole number of documents: .txt files are cut after a blank line, .jsonl files after a line end; other
+    files are not cut. Reading the shards one after another gives the documents of reading the files.
+
+    >>> data_shards(["a.txt"], 1)  # one piece: every file whole
+    [('a.txt', 0, None)]
+    """
+    if pieces <= 1:
+        return [(path, 0, None) for path in paths]
+    sizes = [os.path.getsize(p) if os.path.isfile(p) else 0 for p in paths]
+    step = max(sum(sizes) // pieces, 1)
+    shards = []
+    for path, size in zip(paths, sizes):
+        cuts = [0]
+        if path.endswith((".txt", ".jsonl")):
+            with open(path, "rb") as f:
+                for approx in range(step, size, step):
+                    if approx > cuts[-1] and (cut := document_boundary(f, approx, path.endswith(".txt"))) < size:
+                        cuts.append(cut)
+        shards += [(path, a, b) for a, b in zip(cuts, cuts[1:] + [None])]
+    return shards
+
+
+def document_boundary(f, position, after_blank_line):
+    """The first line start after `position` (after_blank_line: the first that follows a blank line)."""
+    f.seek(position)
+    f.readline()  # the rest of the line position falls in
+    while after_blank_line and (raw := f.readline()) and not is_blank_line(raw):
+        pass
+    return f.tell()
 
 
 def read_json(path, text_column):
@@ -218,14 +271,14 @@ def read_table(dataset, text_column, where):
         yield from (t or "" for t in batch[column])
 
 
-def read_documents(path, text_column=None, keep_linebreaks=True, skipped=None):
-    """Yield the raw documents of one data path, in file order. skipped: None stops at the first bad record
-    (a UserError naming file and line); a Counter skips bad records (and unreadable .json/.csv files) and
-    counts them."""
+def read_documents(path, text_column=None, keep_linebreaks=True, skipped=None, start=0, end=None):
+    """Yield the raw documents of one data path, in file order (of .txt and .jsonl files, those in the bytes
+    [start, end) that data_shards chose). skipped: None stops at the first bad record (a UserError naming
+    file and line); a Counter skips bad records (and unreadable .json/.csv files) and counts them."""
     if path.endswith(".txt"):
-        yield from read_text(path, keep_linebreaks, skipped)
+        yield from read_text(path, keep_linebreaks, skipped, start, end)
     elif path.endswith(".jsonl"):
-        yield from read_jsonl(path, text_column, skipped)
+        yield from read_jsonl(path, text_column, skipped, start, end)
     elif is_saved_dataset(path) or path.endswith((".json", ".csv", ".parquet")):
         try:
             yield from read_whole_file(path, text_column)
@@ -274,18 +327,32 @@ def clean_documents(texts, stats, min_chars=1, near_duplicates=None):
     {'read': 4, 'normalized_nfc': 1, 'removed_control_chars': 0, 'kept': 1, 'dropped_empty': 1, 'dropped_short': 1,
      'dropped_duplicate': 1}
     """
-    seen = set()
+    return unique_documents(cleaned_documents(texts, stats, min_chars), stats, near_duplicates)
+
+
+def cleaned_documents(texts, stats, min_chars=1):
+    """(text, digest) of each document after clean_text, empty and too short ones dropped: the part of
+    clean_documents that needs no other document, so shards of a corpus can run it apart."""
     for text in texts:
         stats["read"] += 1
         stats["normalized_nfc"] += not unicodedata.is_normalized("NFC", text)
         stats["removed_control_chars"] += bool(_CONTROL.search(text.replace("\r\n", "\n").replace("\r", "\n")))
         text = clean_text(text)
         reason = "empty" if not text else "short" if len(text) < min_chars else None
-        if reason is None:
-            # 8-byte digests as ints: about 60 bytes a kept document, the one thing that grows with the corpus
-            digest = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
-            reason = "duplicate" if digest in seen else None
-            seen.add(digest)
+        if reason:
+            stats[f"dropped_{reason}"] += 1
+            continue
+        # 8-byte digests as ints: about 60 bytes a kept document, the one thing that grows with the corpus
+        yield text, int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
+
+
+def unique_documents(cleaned, stats, near_duplicates=None):
+    """The texts of cleaned_documents' (text, digest) pairs, in order, each first occurrence of a digest only
+    and, with a NearDuplicates filter, no near duplicate of a text kept before."""
+    seen = set()
+    for text, digest in cleaned:
+        reason = "duplicate" if digest in seen else None
+        seen.add(digest)
         if reason is None and near_duplicates is not None and near_duplicates.seen(text):
             reason = "near_duplicate"
         if reason:
@@ -374,13 +441,12 @@ def tokenize_documents(texts, tokenizer):
     return [ids if ids and ids[-1] == eos else ids + [eos] for ids in encoded]
 
 
-def tokenized_arrow(texts, tokenizer):
-    """tokenize_documents as an Arrow list array (int32), written by datasets without a Python pass."""
-    ids = tokenize_documents(texts, tokenizer)
-    offsets = np.zeros(len(ids) + 1, dtype=np.int32)
-    np.cumsum([len(i) for i in ids], out=offsets[1:])
-    values = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=int(offsets[-1]))
-    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
+def token_arrays(texts, context):
+    """tokenize_documents as int32 arrays: every document's ids end to end, and each document's length.
+    context: {"tokenizer": ...}, as PreparationWorkers gives it."""
+    ids = tokenize_documents(texts, context["tokenizer"])
+    lengths = np.fromiter(map(len, ids), dtype=np.int32, count=len(ids))
+    return np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=int(lengths.sum())), lengths
 
 
 def pack_token_array(values, doc_lengths, block_size):
@@ -388,12 +454,14 @@ def pack_token_array(values, doc_lengths, block_size):
     Returns (row offsets into values, position_ids for every token); the rows equal pack_documents'.
 
     >>> pack_token_array(np.array([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]), np.array([3, 2, 5]), block_size=4)
-    (array([ 0,  4,  8, 10]), array([0, 1, 2, 0, 0, 0, 1, 2, 0, 1]))
+    (array([ 0,  4,  8, 10]), array([0, 1, 2, 0, 0, 0, 1, 2, 0, 1], dtype=int32))
     """
     n = len(values)
-    index = np.arange(n)
-    doc_start = np.repeat(np.cumsum(doc_lengths) - doc_lengths, doc_lengths)
-    positions = index - np.maximum(doc_start, index // block_size * block_size)
+    index = np.int32 if n < 2**31 else np.int64
+    doc_starts = (np.cumsum(doc_lengths, dtype=np.int64) - doc_lengths).astype(index)
+    in_document = np.arange(n, dtype=index) - np.repeat(doc_starts, doc_lengths)
+    in_row = np.tile(np.arange(block_size, dtype=index), -(-n // block_size))[:n]
+    positions = np.minimum(in_document, in_row).astype(np.int32)  # a position restarts at a document or a row
     return np.append(np.arange(0, n, block_size), n) if n else np.zeros(1, dtype=np.int64), positions
 
 
@@ -751,15 +819,82 @@ def save_atomically(dataset_dict, stats, target):
 # The whole path
 
 
-def read_clean_documents(paths, data_args, stats, max_documents=None, extra=None):
-    """Read every path (and an already loaded dataset `extra`), clean, dedupe; at most max_documents."""
-    skipped = stats if data_args.skip_bad_records else None
-    docs = list(read_table(extra, data_args.text_column, data_args.dataset_name)) if extra is not None else []
-    for path in list_data_files(paths) if paths else []:
-        docs += read_documents(path, data_args.text_column, data_args.keep_linebreaks, skipped)
-        if max_documents and len(docs) >= max_documents:
-            break
-    return list(cleaner(data_args)(docs[:max_documents], stats))
+class PreparationWorkers:
+    """map(function, items): function(item, context) for each item, results in order, in this process
+    (num_workers None: the fast tokenizer's own threads use every core; 1: one thread), or with 2 or more in
+    that many forked processes, one thread each, given the context (tokenizer, data options) once as they
+    start rather than with every item. One pool serves reading, cleaning and tokenizing, so nothing heavy
+    stays serial; datasets.map would start a pool per step and write every shard to disk."""
+
+    def __init__(self, num_workers, **context):
+        self.num_workers, self.context, self.pool = num_workers, context, None
+        self.processes = num_workers if num_workers and num_workers > 1 else 0
+        self.pieces = 4 * self.processes or 1  # parts of the work: a few a process, so that they finish together
+        self.stack = contextlib.ExitStack()
+
+    def __enter__(self):
+        self.stack.enter_context(tokenizer_threads(self.num_workers is None))
+        if self.processes:  # forked after the environment turns the tokenizer's threads off, as they must be
+            self.pool = self.stack.enter_context(multiprocessing.get_context("fork").Pool(
+                self.processes, start_worker, (self.context,)))
+        return self
+
+    def __exit__(self, *exc):
+        return self.stack.__exit__(*exc)
+
+    def map(self, function, items):
+        if self.pool is None:
+            return (function(item, self.context) for item in items)
+        return self.pool.imap(functools.partial(run_in_worker, function), items)
+
+
+_WORKER_CONTEXT = {}  # in a PreparationWorkers process: its context, set once as it starts
+
+
+def start_worker(context):
+    _WORKER_CONTEXT.update(context)
+
+
+def run_in_worker(function, item):
+    return function(item, _WORKER_CONTEXT)
+
+
+def clean_shard(shard, context, limit=None):
+    """Read and clean one of data_shards' (path, start, end), at most limit documents: (texts, their
+    digests, counts), cleaned_documents' output for the shard. context: {"data_args": ...}."""
+    data_args, stats = context["data_args"], Counter()
+    path, start, end = shard
+    texts = read_documents(path, data_args.text_column, data_args.keep_linebreaks,
+                           stats if data_args.skip_bad_records else None, start, end)
+    return cleaned_part(itertools.islice(texts, limit), stats, data_args)
+
+
+def cleaned_part(texts, stats, data_args):
+    pairs = list(cleaned_documents(texts, stats, data_args.min_doc_chars))
+    return [t for t, _ in pairs], [d for _, d in pairs], stats
+
+
+def read_clean_documents(paths, data_args, stats, workers=None, max_documents=None, extra=None):
+    """Read every path (and an already loaded dataset `extra`, first), clean, dedupe; at most max_documents
+    read. The workers read and clean shards of the files; here the shards' digests are merged in file order
+    (the first occurrence of a document is kept, as reading the files in one process would) and near
+    duplicates dropped."""
+    workers = workers or PreparationWorkers(None, data_args=data_args)
+    parts = [] if extra is None else [cleaned_part(itertools.islice(read_table(
+        extra, data_args.text_column, data_args.dataset_name), max_documents), Counter(), data_args)]
+    shards = data_shards(list_data_files(paths), workers.pieces) if paths else []
+    if max_documents:  # one file after another, in this process, until max_documents are read
+        for shard in shards:
+            if (left := max_documents - sum(part[2]["read"] for part in parts)) > 0:
+                parts.append(clean_shard(shard, workers.context, left))
+    else:
+        parts = itertools.chain(parts, workers.map(clean_shard, shards))
+    cleaned = []
+    for texts, digests, part_stats in parts:
+        stats.update(part_stats)
+        cleaned += zip(texts, digests)
+    near = NearDuplicates(data_args.near_dedup_threshold) if data_args.near_dedup_threshold else None
+    return list(unique_documents(cleaned, stats, near))
 
 
 def describe_documents(stats):
@@ -774,25 +909,33 @@ def describe_documents(stats):
                      [("dropped: " + ", ".join(dropped)) if dropped else "none dropped"] + skipped + changed)
 
 
-def rows_from_documents(texts, tokenizer, block_size, num_workers):
-    """Tokenize documents (batched; --preprocessing_num_workers processes through datasets.map, else one
-    process whose fast tokenizer uses every core) and pack them into a Dataset of rows, without a Python
-    loop over tokens."""
-    docs = datasets.Dataset.from_dict({"text": texts}).with_format("arrow")
-    parallel = num_workers is not None and num_workers > 1 and len(texts) > 1
-    with tokenizer_threads(num_workers is None):
-        # new_fingerprint: the cache is ours (keyed in prepare_datasets); hashing the tokenizer would cost time
-        tokenized = docs.map(lambda b: pa.table({"ids": tokenized_arrow(b["text"].to_pylist(), tokenizer)}),
-                             batched=True, batch_size=1000 if parallel else 10000, remove_columns=["text"],
-                             num_proc=num_workers if parallel else None, desc="Tokenizing",
-                             new_fingerprint=f"tokenized-{len(texts)}")
-    ids = tokenized.data.column("ids").combine_chunks() if len(texts) else pa.array([], pa.list_(pa.int32()))
-    values = ids.values.to_numpy(zero_copy_only=False)
-    row_offsets, positions = pack_token_array(values, np.diff(ids.offsets.to_numpy()), block_size)
+def rows_from_documents(texts, block_size, workers):
+    """Tokenize documents (batched, in PreparationWorkers) and pack them into a Dataset of rows, without a
+    Python loop over tokens."""
+    parts = list(workers.map(token_arrays, text_chunks(texts, max(workers.pieces, -(-len(texts) // 10000)))))
+    values = np.concatenate([v for v, _ in parts] or [np.zeros(0, np.int32)])
+    lengths = np.concatenate([n for _, n in parts] or [np.zeros(0, np.int32)])
+    row_offsets, positions = pack_token_array(values, lengths, block_size)
     offsets = pa.array(row_offsets.astype(np.int32))
-    return datasets.Dataset(pa.table({"input_ids": pa.ListArray.from_arrays(offsets, pa.array(values)),
-                                      "position_ids": pa.ListArray.from_arrays(offsets, pa.array(
-                                          positions.astype(np.int32)))}))
+    table = pa.table({"input_ids": pa.ListArray.from_arrays(offsets, pa.array(values)),
+                      "position_ids": pa.ListArray.from_arrays(offsets, pa.array(positions))})
+    # the rows follow from the tokens, their documents' lengths and block_size: hashing those is a few times
+    # cheaper than datasets hashing the whole table
+    digest = hashlib.blake2b(values, digest_size=16)
+    digest.update(lengths)
+    digest.update(str(block_size).encode())
+    return datasets.Dataset(table, fingerprint=digest.hexdigest())
+
+
+def text_chunks(texts, pieces):
+    """texts cut into at most `pieces` consecutive lists of about the same number of characters.
+
+    >>> text_chunks(["aaaa", "b", "c", "dd", "ee"], 2)
+    [['aaaa', 'b'], ['c', 'dd', 'ee']]
+    """
+    ends = np.cumsum([len(t) for t in texts])
+    cuts = np.searchsorted(ends, np.arange(1, pieces) * (ends[-1] / pieces), side="right") if len(texts) else []
+    return [texts[a:b] for a, b in zip([0, *cuts], [*cuts, len(texts)]) if b > a]
 
 
 @contextlib.contextmanager
@@ -820,24 +963,26 @@ def split_stats(name, rows, texts):
 
 def build_datasets(data_args, tokenizer, block_size, max_documents=None, extra=None):
     stats = Counter()
-    train_docs = read_clean_documents(data_args.training_paths, data_args, stats, max_documents, extra)
-    if data_args.validation_file:
-        validation_docs = read_clean_documents([data_args.validation_file], data_args, Counter(), max_documents)
-    else:
-        train_docs, validation_docs = split_documents(train_docs, data_args.validation_split_percentage)
-    if not train_docs:
-        where = ", ".join(data_args.training_paths) or data_args.dataset_name
-        raise UserError(f"{where}: no training documents with text ({describe_documents(stats)})")
-    documents = {"train": train_docs, "validation": validation_docs}
-    for name, path in data_args.named_eval_files.items():
-        documents[f"eval_{name}"] = read_clean_documents([path], data_args, Counter(), max_documents)
-        if not documents[f"eval_{name}"]:
-            raise UserError(f"--eval_files {name}={path}: no documents with text")
-    splits = {}
-    for name, texts in documents.items():
-        if texts:
-            splits[name] = rows_from_documents(texts, tokenizer, block_size, data_args.preprocessing_num_workers)
-            stats.update(split_stats(name, splits[name], texts))
+    with PreparationWorkers(data_args.preprocessing_num_workers, tokenizer=tokenizer, data_args=data_args) as workers:
+        train_docs = read_clean_documents(data_args.training_paths, data_args, stats, workers, max_documents, extra)
+        if data_args.validation_file:
+            validation_docs = read_clean_documents([data_args.validation_file], data_args, Counter(), workers,
+                                                   max_documents)
+        else:
+            train_docs, validation_docs = split_documents(train_docs, data_args.validation_split_percentage)
+        if not train_docs:
+            where = ", ".join(data_args.training_paths) or data_args.dataset_name
+            raise UserError(f"{where}: no training documents with text ({describe_documents(stats)})")
+        documents = {"train": train_docs, "validation": validation_docs}
+        for name, path in data_args.named_eval_files.items():
+            documents[f"eval_{name}"] = read_clean_documents([path], data_args, Counter(), workers, max_documents)
+            if not documents[f"eval_{name}"]:
+                raise UserError(f"--eval_files {name}={path}: no documents with text")
+        splits = {}
+        for name, texts in documents.items():
+            if texts:
+                splits[name] = rows_from_documents(texts, block_size, workers)
+                stats.update(split_stats(name, splits[name], texts))
     return datasets.DatasetDict(splits), dict(stats)
 
 

@@ -258,7 +258,8 @@ def test_empty_dataset_is_a_user_error(tmp_path, tiny_tokenizer):
 @pytest.mark.parametrize("workers", [None, 1, 2])
 def test_prepared_rows_do_not_depend_on_the_number_of_workers(corpus_dir, tmp_path, tiny_tokenizer, workers):
     docs = list(clean_documents((d for f in list_data_files([corpus_dir]) for d in read_documents(f)), Counter()))
-    rows = data_utils.rows_from_documents(docs, tiny_tokenizer, 16, workers)
+    with data_utils.PreparationWorkers(workers, tokenizer=tiny_tokenizer) as pool:
+        rows = data_utils.rows_from_documents(docs, 16, pool)
     assert rows["input_ids"] == pack_documents(tokenize_documents(docs, tiny_tokenizer), 16)["input_ids"]
     assert rows["position_ids"] == pack_documents(tokenize_documents(docs, tiny_tokenizer), 16)["position_ids"]
 

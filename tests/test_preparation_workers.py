@@ -1,0 +1,98 @@
+"""Preparation with --preprocessing_num_workers 2 or more reads, cleans and tokenizes shards of the files in
+worker processes; its result must be exactly the one-process result."""
+
+import json
+from collections import Counter
+
+import pytest
+
+import data_utils
+from arguments import DataArguments, UserError
+
+
+def document(i, words=12):
+    return " ".join(f"doc{i}w{k}" for k in range(words))
+
+
+@pytest.fixture
+def messy_corpus(tmp_path):
+    """Three files whose documents repeat across files and within them, with short, empty, NFC-variant,
+    control-character, not-UTF-8 and broken-JSON records, long enough that two workers cut each into shards."""
+    data = tmp_path / "data"
+    data.mkdir()
+    a = [document(i) for i in range(60)]
+    a[7] = "short"                               # dropped_short (min_doc_chars 10)
+    a[20] = document(3)                          # repeats a[3] within the file
+    a[31] = "Vie\u0302\u0323t Nam " + document(31)  # NFC-normalized
+    a[44] = "ctrl\x00 " + document(44)           # control character removed
+    text = "\n\n".join(a).encode() + b"\n\nna\xefve and broken\nsecond line\n\n" + document(99).encode() + b"\r\n"
+    (data / "a.txt").write_bytes(text)
+    b = [json.dumps({"text": document(i)}) for i in range(100, 160)]
+    b[5] = json.dumps({"text": document(3)})     # repeats a[3] across files
+    b[17] = '{"text": "broken'                   # invalid JSON
+    b[30] = json.dumps({"text": ""})            # empty
+    b[40] = json.dumps({"text": "Vi\u1ec7t Nam " + document(31)})  # a[31] after NFC: a duplicate
+    b[52] = json.dumps({"text": document(110)})  # repeats b[10]
+    (data / "b.jsonl").write_text("\n".join(b) + "\n", encoding="utf-8")
+    (data / "c.csv").write_text("text\n" + "\n".join([document(200), document(106), "tiny"]) + "\n",
+                                encoding="utf-8")
+    return str(data)
+
+
+def prepared(corpus, tmp_path, tokenizer, workers, **kw):
+    args = DataArguments(dataset_dir=corpus, data_cache_dir=str(tmp_path / f"cache{workers}"),
+                         preprocessing_num_workers=workers, validation_split_percentage=20, **kw)
+    rows, stats = data_utils.prepare_datasets(args, tokenizer, block_size=16)
+    return {name: (split["input_ids"], split["position_ids"]) for name, split in rows.items()}, stats
+
+
+def test_shards_are_cut_between_documents_and_read_back_to_the_whole_file(messy_corpus):
+    paths = data_utils.list_data_files([messy_corpus])
+    shards = data_utils.data_shards(paths, 8)
+    assert len(shards) > len(paths) and [s for s in shards if s[0].endswith(".csv")] == [(paths[2], 0, None)]
+    for path in paths:
+        whole = list(data_utils.read_documents(path, skipped=Counter()))
+        pieces = [d for p, start, end in shards if p == path
+                  for d in data_utils.read_documents(p, skipped=Counter(), start=start, end=end)]
+        assert pieces == whole
+    assert data_utils.data_shards(paths, 1) == [(p, 0, None) for p in paths]
+
+
+def test_two_workers_prepare_exactly_what_one_prepares(messy_corpus, tmp_path, tiny_tokenizer):
+    one, one_stats = prepared(messy_corpus, tmp_path, tiny_tokenizer, 1, skip_bad_records=True)
+    assert one["train"][0] and one["validation"][0]
+    assert {k: one_stats[k] for k in ("dropped_duplicate", "dropped_short", "dropped_empty",
+                                      "skipped_bad_records", "normalized_nfc", "removed_control_chars")} == {
+        "dropped_duplicate": 5, "dropped_short": 2, "dropped_empty": 1, "skipped_bad_records": 2,
+        "normalized_nfc": 1, "removed_control_chars": 1}
+    for workers in (None, 2, 3):
+        rows, stats = prepared(messy_corpus, tmp_path, tiny_tokenizer, workers, skip_bad_records=True)
+        assert rows == one and stats == one_stats
+
+
+def test_the_first_occurrence_of_a_duplicate_is_kept_in_file_order(messy_corpus):
+    args = DataArguments(dataset_dir=messy_corpus, skip_bad_records=True, preprocessing_num_workers=2)
+    with data_utils.PreparationWorkers(2, data_args=args) as workers:
+        docs = data_utils.read_clean_documents([messy_corpus], args, Counter(), workers)
+    # document 3 is first in a.txt's first shard, again in a later shard and in b.jsonl; 106 is first in b.jsonl
+    assert docs.index(document(3)) == 3 and docs.count(document(3)) == 1
+    assert docs.index(document(106)) < docs.index(document(200)) and docs.count(document(106)) == 1
+    assert docs.index("Vi\u1ec7t Nam " + document(31)) < docs.index(document(99))
+
+
+def test_a_bad_record_names_the_same_file_and_line_with_workers(messy_corpus, tmp_path, tiny_tokenizer):
+    errors = []
+    for workers in (1, 2):
+        with pytest.raises(UserError) as error:
+            prepared(messy_corpus, tmp_path, tiny_tokenizer, workers)
+        errors.append(str(error.value))
+    assert errors[0] == errors[1] and "a.txt:121: not UTF-8" in errors[0]
+
+
+def test_text_chunks_docstring_example_and_every_text_once():
+    assert data_utils.text_chunks(["aaaa", "b", "c", "dd", "ee"], 2) == [["aaaa", "b"], ["c", "dd", "ee"]]
+    texts = [str(i) * (i % 7 + 1) for i in range(50)]
+    for pieces in (1, 3, 8, 100):
+        chunks = data_utils.text_chunks(texts, pieces)
+        assert [t for chunk in chunks for t in chunk] == texts and len(chunks) <= pieces
+    assert data_utils.text_chunks([], 4) == []
