@@ -12,12 +12,15 @@ afterwards. Arms:
   ours          prepare_datasets: read, clean (NFC, control characters, short, exact duplicates), split,
                 tokenize, pack with restarting position_ids, save the Arrow cache
 each with workers None (one process; the tokenizer's own threads use every core), then 1 and 2 processes
-(--preprocessing_num_workers; one core each).
+(--preprocessing_num_workers; one core each). Every arm of every round runs in a fresh process: once a
+process has forked workers, the tokenizers library keeps its own threads off in it, which would slow the
+arms after the first.
 """
 
 import argparse
 import itertools
 import json
+import multiprocessing
 import os
 import random
 import resource
@@ -26,6 +29,7 @@ import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -123,7 +127,15 @@ def cpu_seconds():
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def run_arm(arm, files, tokenizer, block_size, work):
+def run_arm(arm, files, tokenizer_path, block_size, work):
+    """(tokens, seconds, CPU seconds) of one arm, measured in a fresh process."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as fresh:
+        return fresh.submit(measure_arm, arm, files, tokenizer_path, block_size, work).result()
+
+
+def measure_arm(arm, files, tokenizer_path, block_size, work):
+    datasets.disable_progress_bars()
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
     name, _, workers = arm.partition(":")
     workers = int(workers) if workers else None
     cache = tempfile.mkdtemp(dir=work)
@@ -134,8 +146,9 @@ def run_arm(arm, files, tokenizer, block_size, work):
         tokens, seconds = run_clm(files, tokenizer, block_size, workers, cache)
     else:
         tokens, seconds = ours(files, tokenizer, block_size, workers, cache)
+    cpu = cpu_seconds() - cpu
     shutil.rmtree(cache)
-    return tokens, seconds, cpu_seconds() - cpu
+    return tokens, seconds, cpu
 
 
 def main():
@@ -146,8 +159,6 @@ def main():
     parser.add_argument("--rounds", type=int, default=3, help="arms run in turn this many times; medians reported")
     parser.add_argument("--arms", default="ceiling,run_clm,ours,ours:1,ours:2,run_clm:2")
     args = parser.parse_args()
-    datasets.disable_progress_bars()
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
     work = tempfile.mkdtemp(prefix="cpt_bench_")
     arms = args.arms.split(",")
     try:
@@ -157,7 +168,7 @@ def main():
         runs = {arm: [] for arm in arms}
         for round_number in range(args.rounds):  # in turn, so that a busy minute on the machine hits every arm
             for arm in arms:
-                runs[arm].append(run_arm(arm, files, tokenizer, args.block_size, work))
+                runs[arm].append(run_arm(arm, files, args.tokenizer, args.block_size, work))
                 tokens, seconds, cpu = runs[arm][-1]
                 print(f"round {round_number + 1} {arm:10s} {tokens:>11,} tokens {seconds:7.2f} s wall "
                       f"{cpu:7.2f} s CPU", flush=True)
