@@ -131,7 +131,18 @@ class ModelArguments:
                   "flattened into one row with the document boundaries (cu_seq_lens), without padding."},
     )
 
+    new_token_first_piece_weight: Optional[float] = field(
+        default=None,
+        metadata={"help": "When the tokenizer has more tokens than the model: each new token's embedding row is the "
+                  "mean of the rows of the pieces the model's own tokenizer splits it into; this weights that mean "
+                  "towards the first piece, which gets this weight and the other pieces share the rest (0.7 was "
+                  "best on Vietnamese, docs/benchmarks.md). Unset: the plain mean."},
+    )
+
     def __post_init__(self):
+        w = self.new_token_first_piece_weight
+        if w is not None and not 0 < w <= 1:
+            raise UserError(f"--new_token_first_piece_weight {w}: must be above 0 and at most 1")
         if self.use_auth_token is not None and self.token is None:
             self.token = True if self.use_auth_token.lower() == "true" else (
                 None if self.use_auth_token.lower() == "false" else self.use_auth_token)

@@ -289,8 +289,9 @@ def load_model(model_args, config, tokenizer, base_tokenizer=None):
     vocab = model.get_input_embeddings().weight.shape[0]
     if len(tokenizer) > vocab and base_tokenizer is not None:
         logger.info("Tokenizer has %d tokens, model embeddings %d: new rows are the mean of the rows of the tokens "
-                    "the model's own tokenizer splits each new token into", len(tokenizer), vocab)
-        grow_embeddings(model, base_tokenizer, tokenizer)
+                    "the model's own tokenizer splits each new token into (first piece's weight: %s)", len(tokenizer),
+                    vocab, model_args.new_token_first_piece_weight or "equal")
+        grow_embeddings(model, base_tokenizer, tokenizer, model_args.new_token_first_piece_weight)
     elif len(tokenizer) > vocab:  # a fresh model: its rows are random anyway
         logger.info("Tokenizer has %d tokens, model embeddings %d: resizing embeddings", len(tokenizer), vocab)
         model.resize_token_embeddings(len(tokenizer))

@@ -308,23 +308,41 @@ def subtoken_ids(base_tokenizer, tokenizer):
             if token not in base_vocab}
 
 
-def mean_rows(weight, subtokens, num_old):
-    """Set each new row of an embedding matrix (in place) to the mean of its subtokens' rows; a token with no
-    subtoken gets the mean of all old rows."""
+def piece_weights(count, first_piece_weight=None):
+    """Weights of a new token's pieces, in order: equal (the mean) by default; with first_piece_weight w, w
+    on the first piece and 1 - w shared equally by the others (a token of one piece: 1).
+
+    >>> piece_weights(3), piece_weights(3, 0.7), piece_weights(1, 0.7)
+    ([0.3333333333333333, 0.3333333333333333, 0.3333333333333333], [0.7, 0.15000000000000002, 0.15000000000000002], [1.0])
+    """
+    if first_piece_weight is None or count == 1:
+        return [1 / count] * count
+    return [first_piece_weight] + [(1 - first_piece_weight) / (count - 1)] * (count - 1)
+
+
+def mean_rows(weight, subtokens, num_old, first_piece_weight=None):
+    """Set each new row of an embedding matrix (in place) to the mean of its subtokens' rows, or the mean
+    weighted towards the first subtoken (piece_weights); a token with no subtoken gets the mean of all old rows."""
     fallback = weight[:num_old].mean(0)
     for index, parts in subtokens.items():
         parts = [p for p in parts if p < num_old]
-        weight[index] = weight[parts].mean(0) if parts else fallback
+        if not parts:
+            weight[index] = fallback
+            continue
+        weights = torch.tensor(piece_weights(len(parts), first_piece_weight), dtype=weight.dtype, device=weight.device)
+        weight[index] = weights @ weight[parts]
 
 
-def grow_embeddings(model, base_tokenizer, tokenizer):
+def grow_embeddings(model, base_tokenizer, tokenizer, first_piece_weight=None):
     """Resize the model's input and output embeddings to the tokenizer, each new row the mean of the rows of
-    the tokens the base tokenizer splits it into (tied embeddings stay one matrix). Returns the old size.
+    the tokens the base tokenizer splits it into, or with first_piece_weight that mean weighted towards the
+    first piece (tied embeddings stay one matrix). Returns the old size.
 
-    The same mean serves the output row: its logit is the mean of its subtokens' logits, which by Jensen's
-    inequality gives it at most the average probability of those subtokens, so new tokens take little
-    probability from old text while their input rows already mean what their pieces meant (see
-    docs/benchmarks.md for the measured effect)."""
+    The same row serves the output: the new token's logit is the (weighted) mean of its pieces' logits. With
+    the plain mean that is low where the token is due (the first piece's logit is high there, the later
+    pieces' are not), so the token gets little probability; weighting the first piece raises it towards the
+    first piece's own, while the other pieces still shape what the row means as input. On Vietnamese with
+    SmolLM2 a first-piece weight of 0.7 was best before training (docs/benchmarks.md)."""
     num_old = model.get_input_embeddings().weight.shape[0]
     subtokens = subtoken_ids(base_tokenizer, tokenizer)
     model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
@@ -332,7 +350,7 @@ def grow_embeddings(model, base_tokenizer, tokenizer):
                 if m is not None}
     with torch.no_grad():
         for weight in matrices.values():
-            mean_rows(weight, subtokens, num_old)
+            mean_rows(weight, subtokens, num_old, first_piece_weight)
     return num_old
 
 

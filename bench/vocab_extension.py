@@ -1,7 +1,8 @@
 """Vocabulary extension for Vietnamese on SmolLM2-135M: tokens per byte, bits per byte before any training, and
 bits per byte after the same short training with and without the extension.
 
-    python bench/vocab_extension.py --output_dir outputs/vocab_bench [--num_new_tokens 500] [--max_steps 20]
+    python bench/vocab_extension.py --output_dir outputs/vocab_bench [--num_new_tokens 1000] [--max_steps 15] \
+        [--first_piece_weight 0.7]
 
 The Vietnamese man pages are split by document hash (10% held out, as extend_tokenizer.py and pretrain.py
 split); new tokens are learned on the rest, and every Vietnamese figure is measured on the held-out pages.
@@ -27,7 +28,10 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=os.path.join(ROOT, ".cache", "smollm2"), help="Base model folder.")
     parser.add_argument("--output_dir", required=True, help="Where the tokenizer, runs and results.json go.")
-    parser.add_argument("--num_new_tokens", type=int, default=500, help="Tokens learned on the Vietnamese pages.")
+    parser.add_argument("--num_new_tokens", type=int, default=1000, help="Tokens learned on the Vietnamese pages.")
+    parser.add_argument("--first_piece_weight", type=float, default=0.7,
+                        help="New rows: the mean of the pieces' rows weighted towards the first piece "
+                        "(pretrain.py --new_token_first_piece_weight); 0: the plain mean.")
     parser.add_argument("--max_steps", type=int, default=15, help="Training steps of each of the two runs.")
     parser.add_argument("--eval_chars", type=int, default=1000,
                         help="Characters of each held-out page scored for bits per byte (CPU time).")
@@ -66,7 +70,7 @@ def before_training(args, tokenizer_dir, sets):
     base_tokenizer, extended = AutoTokenizer.from_pretrained(args.model), AutoTokenizer.from_pretrained(tokenizer_dir)
     model = AutoModelForCausalLM.from_pretrained(args.model)
     base = bpb(model, base_tokenizer, sets)
-    grow_embeddings(model, base_tokenizer, extended)
+    grow_embeddings(model, base_tokenizer, extended, args.first_piece_weight or None)
     return base, bpb(model, extended, sets)
 
 
@@ -91,8 +95,9 @@ def after_training(args, tokenizer_dir, train_texts, sets):
     os.makedirs(data, exist_ok=True)
     write_jsonl(os.path.join(data, "train.jsonl"), train_texts)
     results = {}
-    for name, tokenizer in (("trained_base", args.model), ("trained_extended", tokenizer_dir)):
-        out = train(args, tokenizer, data, name)
+    weight = ["--new_token_first_piece_weight", str(args.first_piece_weight)] if args.first_piece_weight else []
+    for name, tokenizer, extra in (("trained_base", args.model, []), ("trained_extended", tokenizer_dir, weight)):
+        out = train(args, tokenizer, data, name, *extra)
         results[name] = bpb(AutoModelForCausalLM.from_pretrained(out), AutoTokenizer.from_pretrained(out),
                             {"vi": sets["vi"]})["vi"]
     return results

@@ -198,3 +198,11 @@ def test_mix_from_a_flag_or_a_yaml_sources_list_and_phases(tmp_path):
 def test_bad_mix_and_cleaning_flags_are_one_line_errors(tmp_path, flags, message):
     with pytest.raises(UserError, match=message):
         parse_args(["--output_dir", "o", *[f.format(p=tmp_path) for f in flags]])
+
+
+@pytest.mark.parametrize("value", ["0", "1.5", "-0.2"])
+def test_first_piece_weight_outside_its_range_is_refused(tmp_path, value):
+    with pytest.raises(UserError, match=f"--new_token_first_piece_weight {float(value)}: must be above 0"):
+        parse_args(["--output_dir", str(tmp_path), "--new_token_first_piece_weight", value])
+    assert parse_args(["--output_dir", str(tmp_path), "--new_token_first_piece_weight", "1"])[0] \
+        .new_token_first_piece_weight == 1.0

@@ -96,11 +96,14 @@ def test_merge_lora_writes_a_model_with_the_new_vocabulary(lora_run, tiny_model_
     torch.testing.assert_close(logits(merged, ids), logits(trainer.model, ids), atol=1e-4, rtol=0)
 
 
-def test_load_model_grows_embeddings_with_mean_rows(tiny_model_dir, extended_dir, tmp_path):
+@pytest.mark.parametrize("first_piece_weight", [None, 0.7])
+def test_load_model_grows_embeddings_with_mean_rows(tiny_model_dir, extended_dir, tmp_path, first_piece_weight):
     from arguments import parse_args
 
+    weight_flag = ["--new_token_first_piece_weight", str(first_piece_weight)] if first_piece_weight else []
     model_args, _, training_args = parse_args(["--model_name_or_path", tiny_model_dir, "--tokenizer_name_or_path",
-                                               extended_dir, "--output_dir", str(tmp_path), "--full_finetuning"])
+                                               extended_dir, "--output_dir", str(tmp_path), "--full_finetuning",
+                                               *weight_flag])
     config, tokenizer = pretrain.load_config(model_args), pretrain.load_tokenizer(model_args)
     base_tokenizer = pretrain.check_vocabulary(model_args, config, tokenizer, training_args)
     old = AutoModelForCausalLM.from_pretrained(tiny_model_dir).get_input_embeddings().weight
@@ -108,7 +111,9 @@ def test_load_model_grows_embeddings_with_mean_rows(tiny_model_dir, extended_dir
     grown = model.get_input_embeddings().weight
     assert grown.shape[0] == len(tokenizer) and torch.equal(grown[:old.shape[0]], old)
     for index, parts in subtoken_ids(base_tokenizer, tokenizer).items():
-        torch.testing.assert_close(grown[index], old[parts].mean(0))
+        expected = old[parts].mean(0) if first_piece_weight is None or len(parts) == 1 else (
+            first_piece_weight * old[parts[0]] + (1 - first_piece_weight) * old[parts[1:]].mean(0))
+        torch.testing.assert_close(grown[index], expected)
     assert model.lm_head.weight is model.model.embed_tokens.weight
 
 

@@ -208,6 +208,13 @@ def test_mean_rows_on_a_hand_made_example():
     assert weight[3:].tolist() == [[3.0, 6.0], [3.0, 6.0], [3.0, 6.0]]  # (0+2)/2, row 1, mean of all old rows
 
 
+def test_mean_rows_weighted_towards_the_first_piece():
+    weight = torch.tensor([[1.0, 2.0], [3.0, 6.0], [5.0, 10.0], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0]])
+    mean_rows(weight, {3: [2, 0], 4: [0, 1, 2], 5: [1]}, num_old=3, first_piece_weight=0.75)
+    torch.testing.assert_close(weight[3:], torch.tensor([[4.0, 8.0], [1.75, 3.5], [3.0, 6.0]]))
+    # 0.75*5 + 0.25*1; 0.75*1 + 0.125*(3+5); a single piece is itself
+
+
 def tiny_model(vocab, tied):
     torch.manual_seed(0)
     return LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
@@ -231,3 +238,15 @@ def test_grow_embeddings_sets_each_new_row_to_the_mean_of_its_subtokens(tiny_tok
         torch.testing.assert_close(new_in[index], old_in[parts].mean(0))
         torch.testing.assert_close(new_out[index], old_out[parts].mean(0))
     assert (new_in.data_ptr() == new_out.data_ptr()) == tied  # tied stays tied, untied stays apart
+
+
+def test_grow_embeddings_with_a_first_piece_weight(tiny_tokenizer, extended_bpe_dir):
+    extended = AutoTokenizer.from_pretrained(extended_bpe_dir)
+    model = tiny_model(len(tiny_tokenizer), tied=True)
+    old = model.get_input_embeddings().weight.clone()
+    grow_embeddings(model, tiny_tokenizer, extended, first_piece_weight=0.7)
+    new = model.get_input_embeddings().weight
+    for index, parts in subtoken_ids(tiny_tokenizer, extended).items():
+        rest = old[parts[1:]].mean(0)
+        torch.testing.assert_close(new[index], 0.7 * old[parts[0]] + 0.3 * rest)
+    assert model.lm_head.weight is model.model.embed_tokens.weight
