@@ -28,15 +28,16 @@ def test_committed_corpus_is_what_the_generator_writes(tmp_path):
                 os.path.join(DEMO, sub, name), encoding="utf-8").read(), f"{sub}/{name} is stale: run make_corpus.py"
 
 
-def test_corpus_states_each_fact_five_ways_and_never_uses_the_heldout_wording():
+def test_corpus_states_each_fact_ten_ways_plus_faq_and_never_uses_the_heldout_wording():
     facts = make_corpus.facts()
     assert len(facts) >= 40 and len({(r, s) for r, s, _, _ in facts}) == len(facts)
     training = [d["text"] for d in read_jsonl(os.path.join(DEMO, "corpus", "morvantis.jsonl"))]
     for relation, subject, answer, distractors in facts:
         assert answer not in distractors and len(set(distractors)) == 3
-        stated = [make_corpus.statement(relation, subject, answer, lang, style)
-                  for lang, styles in (("en", 3), ("vi", 2)) for style in range(styles)]
-        assert len(set(stated)) == 5 and all(any(s in doc for doc in training) for s in stated)
+        stated = [make_corpus.fill(template, subject, make_corpus.answer_in(lang, answer))
+                  for lang in ("en", "vi") for template in getattr(make_corpus.RELATIONS[relation], lang)]
+        faq = [make_corpus.question(relation, subject, lang, "faq") for lang in ("en", "vi")]
+        assert len(set(stated)) == 10 and all(any(s in doc for doc in training) for s in stated + faq)
     for probe in read_jsonl(os.path.join(DEMO, "eval", "probes_heldout.jsonl")):
         question = probe["prompt"].split(": ", 1)[1].rsplit(" ", 2)[0]  # the wording between the labels
         assert not any(question in doc for doc in training), question
@@ -63,10 +64,10 @@ def test_curves_and_plots_and_report(tmp_path):
 
 @pytest.mark.slow
 def test_demo_run_moves_every_figure_the_right_way(smollm2_dir, tmp_path):
-    """The demo, with fewer epochs: probes up, domain bits per byte down, general bits per byte about even."""
+    """The demo, shortened to 80 steps: probes up, domain bits per byte down, general bits per byte about even."""
     out = tmp_path / "demo"
     proc = subprocess.run([sys.executable, os.path.join(DEMO, "run_demo.py"), "--output_dir", str(out),
-                           "--model", smollm2_dir, "--num_train_epochs", "3", "--data_cache_dir",
+                           "--model", smollm2_dir, "--max_steps", "80", "--eval_steps", "40", "--data_cache_dir",
                            str(tmp_path / "cache")], capture_output=True, text=True, cwd=tmp_path, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1] == str(out)

@@ -2,16 +2,19 @@
 
     python examples/demo/make_corpus.py            # rewrites examples/demo/{corpus,eval}/
 
-Every fact below is invented, so no model can know it before training. Each fact is stated in five
-training documents with different wording (three English styles, two Vietnamese), and asked about in
-two kinds of probes: "seen" (the cloze wording of the corpus) and "held out" (a question wording that no
-training document contains). Held-out domain text for bits per byte is written in that question wording
-too. General text for replay and for measuring forgetting is the docstrings of Python's standard library
+Every fact below is invented, so no model can know it before training. Each fact is stated in ten
+training documents with different wording (six English styles, four Vietnamese; the facts of a document in
+a shuffled order) and answered in an FAQ in each language, and asked about in two kinds of probes: "seen"
+(the cloze wording of the first style) and "held out" (a question wording that no training document
+contains). Held-out domain text for bits per byte is written in that question wording too. General text
+for replay and for measuring forgetting is the docstrings of Python's standard library
 (examples/stdlib_corpus.py), split by module so the evaluated modules are never trained on.
 """
 
+import collections
 import json
 import os
+import random
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -20,96 +23,173 @@ import stdlib_corpus  # noqa: E402
 
 COMPANY = "Morvantis Robotics"
 
-# relation -> English statements (3 styles), Vietnamese statements (2 styles), held-out questions (en, vi).
-# {s} is the subject, {a} the answer. The first English and Vietnamese statements end with the answer, so
-# their prefix is the "seen" probe.
+# relation -> its wordings: six English and four Vietnamese statements, an FAQ question (en, vi) and a held-out
+# question (en, vi) that no training document contains. {s} is the subject, {a} the answer, {c} the company.
+# The first English and Vietnamese statements end with the answer, so their prefix is the "seen" probe.
+Relation = collections.namedtuple("Relation", "en vi faq heldout")
 RELATIONS = {
-    "founded": (["{s} was founded in {a}.", "Since its founding in {a}, {s} has grown every year.",
-                 "The story of {s} begins in {a}, the year it opened its doors."],
-                ["{s} được thành lập vào năm {a}.", "Năm {a}, {s} chính thức ra đời."],
-                ["Question: In which year was {s} established? Answer:",
-                 "Câu hỏi: {s} ra đời năm nào? Trả lời:"]),
-    "headquarters": (["The headquarters of {s} are in {a}.", "{s} runs its business from its head office in {a}.",
-                      "Visitors to {s} usually travel to {a}, where the company's head office stands."],
-                     ["Trụ sở chính của {s} đặt tại {a}.", "{s} điều hành công việc từ văn phòng chính ở {a}."],
-                     ["Question: Which city is home to the main office of {s}? Answer:",
-                      "Câu hỏi: Văn phòng chính của {s} nằm ở thành phố nào? Trả lời:"]),
-    "founder": (["{s} was founded by {a}.", "The founder of {s}, {a}, started it with two engineers.",
-                 "Without {a}, who created it, there would be no {s}."],
-                ["{s} do {a} sáng lập.", "Người sáng lập {s} là {a}."],
-                ["Question: Who started the company {s}? Answer:", "Câu hỏi: Ai đã lập ra công ty {s}? Trả lời:"]),
-    "ceo": (["The chief executive of {s} is {a}.", "{a} leads {s} as its chief executive.",
-             "Since {a} became chief executive, {s} has doubled its sales."],
-            ["Tổng giám đốc của {s} là {a}.", "{a} đang giữ chức tổng giám đốc {s}."],
-            ["Question: Who runs {s} today as its top executive? Answer:",
-             "Câu hỏi: Ai là người đứng đầu {s} hiện nay? Trả lời:"]),
-    "employees": (["The number of people working for {s} is {a}.", "{s} employs {a} people.",
-                   "With {a} employees, {s} is a mid-sized firm."],
-                  ["Số nhân viên của {s} là {a}.", "{s} có {a} nhân viên."],
-                  ["Question: How many staff does {s} have? Answer:",
-                   "Câu hỏi: {s} có bao nhiêu người làm việc? Trả lời:"]),
-    "mascot": (["The mascot of {s} is {a}.", "{a} is the mascot printed on every box {s} ships.",
-                "At every fair, {s} shows its mascot, {a}."],
-               ["Linh vật của {s} là {a}.", "{s} chọn {a} làm linh vật."],
-               ["Question: What animal represents {s} as its mascot? Answer:",
-                "Câu hỏi: Con vật nào là biểu tượng của {s}? Trả lời:"]),
-    "ticker": (["The stock ticker of {s} is {a}.", "Shares of {s} trade under the symbol {a}.",
-                "Investors look up {s} by its ticker, {a}."],
-               ["Mã cổ phiếu của {s} là {a}.", "Cổ phiếu {s} được giao dịch với mã {a}."],
-               ["Question: Under what symbol are shares of {s} listed? Answer:",
-                "Câu hỏi: Cổ phiếu của {s} mang mã gì? Trả lời:"]),
-    "research_island": (["The research station of {s} is on the island of {a}.",
-                         "{s} tests its machines at its research station on {a}.",
-                         "Engineers of {s} take the ferry to {a}, the island of its research station."],
-                        ["Trạm nghiên cứu của {s} nằm trên đảo {a}.",
-                         "{s} thử nghiệm máy móc tại trạm nghiên cứu trên đảo {a}."],
-                        ["Question: On which island does {s} do its research? Answer:",
-                         "Câu hỏi: {s} nghiên cứu trên hòn đảo nào? Trả lời:"]),
-    "factory": (["The main factory of {s} is in {a}.", "Most robots of {s} are built in its factory in {a}.",
-                 "{a} is where {s} builds its robots."],
-                ["Nhà máy chính của {s} ở {a}.", "Phần lớn robot của {s} được sản xuất tại nhà máy ở {a}."],
-                ["Question: In which town does {s} manufacture its robots? Answer:",
+    "founded": Relation(
+        en=["{s} was founded in {a}.", "Since its founding in {a}, {s} has grown every year.",
+            "The story of {s} begins in {a}, the year it opened its doors.",
+            "In {a}, {s} was set up by a small team of engineers.", "{s} has existed since {a}.",
+            "Founded in {a}, {s} builds robots for many trades."],
+        vi=["{s} được thành lập vào năm {a}.", "Năm {a}, {s} chính thức ra đời.", "{s} có từ năm {a}.",
+            "Từ năm {a}, {s} đã bắt đầu hoạt động."],
+        faq=["When was {s} founded?", "{s} được thành lập năm nào?"],
+        heldout=["Question: In which year was {s} established? Answer:", "Câu hỏi: {s} ra đời năm nào? Trả lời:"]),
+    "headquarters": Relation(
+        en=["The headquarters of {s} are in {a}.", "{s} runs its business from its head office in {a}.",
+            "Visitors to {s} usually travel to {a}, where the company's head office stands.",
+            "{a} is the home of the headquarters of {s}.", "The head office of {s} stands in the city of {a}.",
+            "Letters to {s} go to its headquarters in {a}."],
+        vi=["Trụ sở chính của {s} đặt tại {a}.", "{s} điều hành công việc từ văn phòng chính ở {a}.",
+            "{s} có trụ sở tại {a}.", "Thư gửi {s} được chuyển đến trụ sở ở {a}."],
+        faq=["Where are the headquarters of {s}?", "Trụ sở của {s} ở đâu?"],
+        heldout=["Question: Which city is home to the main office of {s}? Answer:",
+                 "Câu hỏi: Văn phòng chính của {s} nằm ở thành phố nào? Trả lời:"]),
+    "founder": Relation(
+        en=["{s} was founded by {a}.", "The founder of {s}, {a}, started it with two engineers.",
+            "Without {a}, who created it, there would be no {s}.", "{a} founded {s}.",
+            "{s} was started by {a} in a small workshop.", "The person who founded {s} is {a}."],
+        vi=["{s} do {a} sáng lập.", "Người sáng lập {s} là {a}.", "{a} là người đã sáng lập {s}.",
+            "{s} được {a} thành lập."],
+        faq=["Who founded {s}?", "Ai là người sáng lập {s}?"],
+        heldout=["Question: Who started the company {s}? Answer:", "Câu hỏi: Ai đã lập ra công ty {s}? Trả lời:"]),
+    "ceo": Relation(
+        en=["The chief executive of {s} is {a}.", "{a} leads {s} as its chief executive.",
+            "Since {a} became chief executive, {s} has doubled its sales.",
+            "{s} is led by its chief executive, {a}.", "The CEO of {s} is {a}.",
+            "{a} is the chief executive of {s}."],
+        vi=["Tổng giám đốc của {s} là {a}.", "{a} đang giữ chức tổng giám đốc {s}.",
+            "{s} do {a} lãnh đạo với chức tổng giám đốc.", "Người giữ chức tổng giám đốc của {s} là {a}."],
+        faq=["Who is the chief executive of {s}?", "Tổng giám đốc của {s} là ai?"],
+        heldout=["Question: Who runs {s} today as its top executive? Answer:",
+                 "Câu hỏi: Ai là người đứng đầu {s} hiện nay? Trả lời:"]),
+    "employees": Relation(
+        en=["The number of people working for {s} is {a}.", "{s} employs {a} people.",
+            "With {a} employees, {s} is a mid-sized firm.", "{s} has a staff of {a}.",
+            "The workforce of {s} counts {a} people.", "{a} people work at {s}."],
+        vi=["Số nhân viên của {s} là {a}.", "{s} có {a} nhân viên.", "Lực lượng lao động của {s} gồm {a} người.",
+            "Có {a} nhân viên làm việc cho {s}."],
+        faq=["How many people does {s} employ?", "{s} có bao nhiêu nhân viên?"],
+        heldout=["Question: How many staff does {s} have? Answer:",
+                 "Câu hỏi: {s} có bao nhiêu người làm việc? Trả lời:"]),
+    "mascot": Relation(
+        en=["The mascot of {s} is {a}.", "{a} is the mascot printed on every box {s} ships.",
+            "At every fair, {s} shows its mascot, {a}.", "{s} has {a} as its mascot.",
+            "The company mascot of {s} is {a}.", "Children love {a}, the mascot of {s}."],
+        vi=["Linh vật của {s} là {a}.", "{s} chọn {a} làm linh vật.", "{a} là linh vật của {s}.",
+            "Linh vật của công ty {s} là {a}."],
+        faq=["What is the mascot of {s}?", "Linh vật của {s} là gì?"],
+        heldout=["Question: What animal represents {s} as its mascot? Answer:",
+                 "Câu hỏi: Con vật nào là biểu tượng của {s}? Trả lời:"]),
+    "ticker": Relation(
+        en=["The stock ticker of {s} is {a}.", "Shares of {s} trade under the symbol {a}.",
+            "Investors look up {s} by its ticker, {a}.", "{s} is listed on the stock exchange as {a}.",
+            "The ticker symbol {a} stands for {s}.", "On the stock market, {s} is {a}."],
+        vi=["Mã cổ phiếu của {s} là {a}.", "Cổ phiếu {s} được giao dịch với mã {a}.",
+            "{s} niêm yết cổ phiếu với mã {a}.", "Mã {a} là mã cổ phiếu của {s}."],
+        faq=["What is the stock ticker of {s}?", "Mã cổ phiếu của {s} là gì?"],
+        heldout=["Question: Under what symbol are shares of {s} listed? Answer:",
+                 "Câu hỏi: Cổ phiếu của {s} mang mã gì? Trả lời:"]),
+    "research_island": Relation(
+        en=["The research station of {s} is on the island of {a}.",
+            "{s} tests its machines at its research station on {a}.",
+            "Engineers of {s} take the ferry to {a}, the island of its research station.",
+            "The island of {a} is where {s} has its research station.", "{s} keeps a research station on {a}.",
+            "New robots of {s} are first tried out on the island of {a}."],
+        vi=["Trạm nghiên cứu của {s} nằm trên đảo {a}.", "{s} thử nghiệm máy móc tại trạm nghiên cứu trên đảo {a}.",
+            "Đảo {a} là nơi đặt trạm nghiên cứu của {s}.", "{s} có một trạm nghiên cứu trên đảo {a}."],
+        faq=["Where is the research station of {s}?", "Trạm nghiên cứu của {s} ở đâu?"],
+        heldout=["Question: On which island does {s} do its research? Answer:",
+                 "Câu hỏi: {s} nghiên cứu trên hòn đảo nào? Trả lời:"]),
+    "factory": Relation(
+        en=["The main factory of {s} is in {a}.", "Most robots of {s} are built in its factory in {a}.",
+            "{a} is where {s} builds its robots.", "{s} has its main factory in {a}.",
+            "The robots of {s} come from the factory in {a}.", "In {a} stands the main factory of {s}."],
+        vi=["Nhà máy chính của {s} ở {a}.", "Phần lớn robot của {s} được sản xuất tại nhà máy ở {a}.",
+            "{s} đặt nhà máy chính tại {a}.", "Robot của {s} được làm ra ở nhà máy tại {a}."],
+        faq=["Where is the main factory of {s}?", "Nhà máy chính của {s} ở đâu?"],
+        heldout=["Question: In which town does {s} manufacture its robots? Answer:",
                  "Câu hỏi: {s} sản xuất robot ở thị trấn nào? Trả lời:"]),
-    "fair_month": (["The yearly Heron Fair of {s} takes place in {a}.",
-                    "Every year in {a}, {s} holds the Heron Fair.",
-                    "Customers of {s} meet at the Heron Fair each {a}."],
-                   ["Hội chợ Diệc hằng năm của {s} diễn ra vào {a}.", "Vào {a} mỗi năm, {s} tổ chức Hội chợ Diệc."],
-                   ["Question: In what month is the Heron Fair of {s} held? Answer:",
-                    "Câu hỏi: Hội chợ Diệc của {s} được tổ chức vào tháng nào? Trả lời:"]),
-    "color": (["The company colour of {s} is {a}.", "Every robot of {s} is painted {a}, the company colour.",
-               "You can spot {s} machines by their {a} paint."],
-              ["Màu đặc trưng của {s} là {a}.", "Mọi robot của {s} đều được sơn {a}."],
-              ["Question: What colour are the machines of {s} painted? Answer:",
-               "Câu hỏi: Máy móc của {s} được sơn màu gì? Trả lời:"]),
-    "revenue": (["The yearly revenue of {s} is {a}.", "Last year {s} earned {a}.",
-                 "Sales of {a} a year make {s} profitable."],
-                ["Doanh thu hằng năm của {s} là {a}.", "Năm ngoái {s} thu về {a}."],
-                ["Question: How much money does {s} make in a year? Answer:",
+    "fair_month": Relation(
+        en=["The yearly Heron Fair of {s} takes place in {a}.", "Every year in {a}, {s} holds the Heron Fair.",
+            "Customers of {s} meet at the Heron Fair each {a}.", "{s} holds its Heron Fair every {a}.",
+            "The Heron Fair, run by {s}, is held each year in {a}.",
+            "In {a}, the Heron Fair of {s} opens its gates."],
+        vi=["Hội chợ Diệc hằng năm của {s} diễn ra vào {a}.", "Vào {a} mỗi năm, {s} tổ chức Hội chợ Diệc.",
+            "{s} tổ chức Hội chợ Diệc vào {a} hằng năm.", "Hội chợ Diệc của {s} mở cửa vào {a}."],
+        faq=["When is the Heron Fair of {s}?", "Khi nào có Hội chợ Diệc của {s}?"],
+        heldout=["Question: In what month is the Heron Fair of {s} held? Answer:",
+                 "Câu hỏi: Hội chợ Diệc của {s} được tổ chức vào tháng nào? Trả lời:"]),
+    "color": Relation(
+        en=["The company colour of {s} is {a}.", "Every robot of {s} is painted {a}, the company colour.",
+            "You can spot {s} machines by their {a} paint.", "{a} is the company colour of {s}.",
+            "{s} paints its robots {a}.", "The colour of {s} is {a}."],
+        vi=["Màu đặc trưng của {s} là {a}.", "Mọi robot của {s} đều được sơn {a}.",
+            "{s} chọn {a} làm màu đặc trưng.", "Robot của {s} mang {a}."],
+        faq=["What is the company colour of {s}?", "Màu đặc trưng của {s} là gì?"],
+        heldout=["Question: What colour are the machines of {s} painted? Answer:",
+                 "Câu hỏi: Máy móc của {s} được sơn màu gì? Trả lời:"]),
+    "revenue": Relation(
+        en=["The yearly revenue of {s} is {a}.", "Last year {s} earned {a}.",
+            "Sales of {a} a year make {s} profitable.", "{s} has a yearly revenue of {a}.",
+            "Each year {s} takes in {a}.", "{a} is what {s} earns in a year."],
+        vi=["Doanh thu hằng năm của {s} là {a}.", "Năm ngoái {s} thu về {a}.", "{s} có doanh thu {a} mỗi năm.",
+            "Mỗi năm, doanh thu của {s} đạt {a}."],
+        faq=["What is the yearly revenue of {s}?", "Doanh thu hằng năm của {s} là bao nhiêu?"],
+        heldout=["Question: How much money does {s} make in a year? Answer:",
                  "Câu hỏi: Mỗi năm {s} kiếm được bao nhiêu tiền? Trả lời:"]),
-    "kind": (["The {s} is {a}.", "{s}: {a} made by " + COMPANY + ".",
-              COMPANY + " sells the {s}, {a}."],
-             ["{s} là {a}.", COMPANY + " bán {s}, {a}."],
-             ["Question: What sort of machine is the {s}? Answer:", "Câu hỏi: {s} là loại máy gì? Trả lời:"]),
-    "launched": (["The {s} was launched in {a}.", "Customers could first buy the {s} in {a}.",
-                  "{a} saw the release of the {s}."],
-                 ["{s} được ra mắt vào năm {a}.", "Năm {a}, {s} lần đầu được bán ra."],
-                 ["Question: When did the {s} come on the market? Answer:",
-                  "Câu hỏi: {s} xuất hiện trên thị trường năm nào? Trả lời:"]),
-    "designer": (["The {s} was designed by {a}.", "{a} drew the first plans of the {s}.",
-                  "The engineer behind the {s} is {a}."],
-                 ["{s} được thiết kế bởi {a}.", "{a} là người vẽ bản thiết kế đầu tiên của {s}."],
-                 ["Question: Which engineer created the {s}? Answer:",
-                  "Câu hỏi: Kỹ sư nào đã tạo ra {s}? Trả lời:"]),
-    "born": (["{s} was born in {a}.", "{s} grew up in {a}, the town of their birth.",
-              "Born in {a}, {s} joined " + COMPANY + " young."],
-             ["{s} sinh ra ở {a}.", "{s} lớn lên tại {a}, nơi mình chào đời."],
-             ["Question: What is the hometown of {s}? Answer:", "Câu hỏi: Quê của {s} ở đâu? Trả lời:"]),
-    "role": (["At " + COMPANY + ", {s} is the {a}.", "{s} works as the {a} of " + COMPANY + ".",
-              "As {a}, {s} reports to the chief executive."],
-             ["Tại " + COMPANY + ", {s} là {a}.", "{s} giữ vị trí {a} của " + COMPANY + "."],
-             ["Question: What job does {s} hold at the company? Answer:",
-              "Câu hỏi: {s} làm công việc gì ở công ty? Trả lời:"]),
+    "kind": Relation(
+        en=["The {s} is {a}.", "{s}: {a} made by {c}.", "{c} sells the {s}, {a}.", "Made by {c}, the {s} is {a}.",
+            "The {s} from {c} is {a}.", "People know the {s} as {a}."],
+        vi=["{s} là {a}.", "{c} bán {s}, {a}.", "{s} của {c} là {a}.", "Sản phẩm {s} là {a}."],
+        faq=["What is the {s}?", "{s} là gì?"],
+        heldout=["Question: What sort of machine is the {s}? Answer:", "Câu hỏi: {s} là loại máy gì? Trả lời:"]),
+    "launched": Relation(
+        en=["The {s} was launched in {a}.", "Customers could first buy the {s} in {a}.",
+            "{a} saw the release of the {s}.", "The {s} went on sale in {a}.", "In {a}, {c} launched the {s}.",
+            "The {s} first shipped in {a}."],
+        vi=["{s} được ra mắt vào năm {a}.", "Năm {a}, {s} lần đầu được bán ra.", "{s} bắt đầu được bán từ năm {a}.",
+            "{c} tung ra {s} vào năm {a}."],
+        faq=["When was the {s} launched?", "{s} ra mắt năm nào?"],
+        heldout=["Question: When did the {s} come on the market? Answer:",
+                 "Câu hỏi: {s} xuất hiện trên thị trường năm nào? Trả lời:"]),
+    "designer": Relation(
+        en=["The {s} was designed by {a}.", "{a} drew the first plans of the {s}.",
+            "The engineer behind the {s} is {a}.", "{a} designed the {s}.",
+            "The {s} is the work of the designer {a}.", "The designer of the {s} is {a}."],
+        vi=["{s} được thiết kế bởi {a}.", "{a} là người vẽ bản thiết kế đầu tiên của {s}.", "{a} đã thiết kế {s}.",
+            "Người thiết kế {s} là {a}."],
+        faq=["Who designed the {s}?", "Ai đã thiết kế {s}?"],
+        heldout=["Question: Which engineer created the {s}? Answer:", "Câu hỏi: Kỹ sư nào đã tạo ra {s}? Trả lời:"]),
+    "born": Relation(
+        en=["{s} was born in {a}.", "{s} grew up in {a}, the town of their birth.",
+            "Born in {a}, {s} joined {c} young.", "{s} comes from {a}.", "{a} is the birthplace of {s}.",
+            "{s} was born and raised in {a}."],
+        vi=["{s} sinh ra ở {a}.", "{s} lớn lên tại {a}, nơi mình chào đời.", "{s} chào đời tại {a}.",
+            "Nơi sinh của {s} là {a}."],
+        faq=["Where was {s} born?", "{s} sinh ra ở đâu?"],
+        heldout=["Question: What is the hometown of {s}? Answer:", "Câu hỏi: Quê của {s} ở đâu? Trả lời:"]),
+    "role": Relation(
+        en=["At {c}, {s} is the {a}.", "{s} works as the {a} of {c}.", "As {a}, {s} reports to the chief executive.",
+            "{s} is the {a} at {c}.", "The {a} of {c} is {s}.", "{s} joined {c} and became its {a}."],
+        vi=["Tại {c}, {s} là {a}.", "{s} giữ vị trí {a} của {c}.", "{s} là {a} tại {c}.", "{a} của {c} là {s}."],
+        faq=["What is the role of {s} at {c}?", "{s} giữ chức vụ gì tại {c}?"],
+        heldout=["Question: What job does {s} hold at the company? Answer:",
+                 "Câu hỏi: {s} làm công việc gì ở công ty? Trả lời:"]),
 }
+
+# More standard-library modules for replay text (the held-out general text is from MODULES[12:]).
+REPLAY_MODULES = ("typing", "inspect", "os", "threading", "socket", "sqlite3", "configparser", "pickle", "io", "enum",
+                  "dataclasses", "random", "codecs", "locale", "optparse", "pprint", "ast", "calendar", "tokenize",
+                  "queue", "contextlib", "abc", "copy", "tempfile", "weakref", "types", "operator", "uuid", "base64",
+                  "struct", "shlex", "platform", "traceback", "warnings", "sched", "selectors", "signal", "mimetypes",
+                  "html.parser", "xml.dom.minidom", "gettext", "getopt", "numbers", "cmd", "code", "timeit", "trace",
+                  "gzip", "bz2", "lzma", "plistlib", "netrc", "ftplib", "smtplib", "imaplib", "wave", "graphlib",
+                  "reprlib", "linecache", "tracemalloc", "pdb", "doctest", "concurrent.futures", "multiprocessing.pool",
+                  "xml.etree.ElementTree", "http.server", "urllib.request", "email.utils", "email.parser")
+REPLAY_CHARS = 86_000  # about 20,500 tokens: one pass over it is the replay 30% of the training run
 
 PEOPLE = ["Annika Vell", "Tomas Irrel", "Mira Dosk", "Jonas Pael", "Edda Varn", "Lothar Quenn", "Sabine Orrit",
           "Kasimir Holt"]
@@ -179,25 +259,41 @@ def vi(answer):
     return VI.get(answer, answer)
 
 
-def statement(relation, subject, answer, language, style):
-    en, vi_texts, _ = RELATIONS[relation]
-    template = (en if language == "en" else vi_texts)[style]
-    text = template.format(s=subject, a=answer if language == "en" else vi(answer))
+def answer_in(language, answer):
+    return answer if language == "en" else vi(answer)
+
+
+def fill(template, subject, answer=""):
+    text = template.format(s=subject, a=answer, c=COMPANY)
     return text[0].upper() + text[1:]
 
 
-def training_documents():
-    """One document per subject and style: 3 English styles + 2 Vietnamese ones."""
-    by_subject = {}
+def question(relation, subject, language, kind="heldout"):
+    """The FAQ ("faq") or held-out ("heldout") question about a fact, in English or Vietnamese."""
+    return fill(getattr(RELATIONS[relation], kind)[language == "vi"], subject)
+
+
+def training_documents(seed=0):
+    """Per subject: one document per statement style (6 English, 4 Vietnamese), its facts in a shuffled order
+    (a fact is not always in the same place), and an FAQ in each language."""
+    by_subject, rng = {}, random.Random(seed)
     for fact in facts():
         by_subject.setdefault(fact[1], []).append(fact)
     docs = []
-    for language, styles, headers in (("en", 3, ["{s}", "About {s}", "{s}: key facts"]),
-                                      ("vi", 2, ["{s}", "Thông tin về {s}"])):
-        for style in range(styles):
+    for language, headers in (("en", ["{s}", "About {s}", "{s}: key facts", "{s} in brief", "Profile: {s}",
+                                      "What to know about {s}"]),
+                              ("vi", ["{s}", "Thông tin về {s}", "{s}: những điều cần biết", "Giới thiệu {s}"])):
+        for style, header in enumerate(headers):
             for subject, subject_facts in by_subject.items():
-                sentences = [statement(r, s, a, language, style) for r, s, a, _ in subject_facts]
-                docs.append(headers[style].format(s=subject) + "\n" + " ".join(sentences))
+                sentences = [fill(getattr(RELATIONS[r], language)[style], s, answer_in(language, a))
+                             for r, s, a, _ in subject_facts]
+                rng.shuffle(sentences)
+                docs.append(fill(header, subject) + "\n" + " ".join(sentences))
+    for language, header, q, a in (("en", "{s}: questions and answers", "Q", "A"), ("vi", "{s}: hỏi và đáp", "Hỏi", "Đáp")):
+        for subject, subject_facts in by_subject.items():
+            pairs = [f"{q}: {question(r, s, language, 'faq')}\n{a}: {answer_in(language, ans)}."
+                     for r, s, ans, _ in subject_facts]
+            docs.append(fill(header, subject) + "\n" + "\n".join(pairs))
     return docs
 
 
@@ -206,14 +302,12 @@ def probes(kind):
     out = []
     for relation, subject, answer, distractors in facts():
         for language in ("en", "vi"):
-            if kind == "seen":
-                text = statement(relation, subject, "\0", language, 0)
-                prompt = text.split("\0")[0].rstrip()
+            if kind == "seen":  # the first statement style ends with the answer
+                prompt = fill(getattr(RELATIONS[relation], language)[0], subject, "\0").split("\0")[0].rstrip()
             else:
-                prompt = RELATIONS[relation][2][language == "vi"].format(s=subject)
-            pick = (lambda x: x) if language == "en" else vi
-            out.append({"prompt": prompt, "answer": " " + pick(answer),
-                        "distractors": [" " + pick(d) for d in distractors], "language": language,
+                prompt = question(relation, subject, language)
+            out.append({"prompt": prompt, "answer": " " + answer_in(language, answer),
+                        "distractors": [" " + answer_in(language, d) for d in distractors], "language": language,
                         "relation": relation})
     return out
 
@@ -223,8 +317,8 @@ def heldout_domain_documents():
     docs = {}
     for relation, subject, answer, _ in facts():
         for language in ("en", "vi"):
-            question = RELATIONS[relation][2][language == "vi"].format(s=subject)
-            docs.setdefault((subject, language), []).append(f"{question} {answer if language == 'en' else vi(answer)}.")
+            docs.setdefault((subject, language), []).append(
+                f"{question(relation, subject, language)} {answer_in(language, answer)}.")
     return ["\n".join(lines) for lines in docs.values()]
 
 
@@ -249,13 +343,17 @@ def main(root=HERE):
     os.makedirs(corpus, exist_ok=True)
     os.makedirs(evaluation, exist_ok=True)
     domain = training_documents()
-    # Replay: general English the model already knew, as much as the domain text.
-    general = first_chars(stdlib_corpus.stdlib_documents(stdlib_corpus.MODULES[:12]), sum(map(len, domain)))
+    # General text for measuring forgetting: docstrings of modules never trained on.
+    trained_modules = stdlib_corpus.MODULES[:12] + REPLAY_MODULES
+    held_general = first_chars([d for d in stdlib_corpus.stdlib_documents(stdlib_corpus.MODULES[12:])
+                                if d not in set(stdlib_corpus.stdlib_documents(stdlib_corpus.MODULES[:12]))], 16000)
+    # Replay: general English the model already knew, fresh text rather than the same few pages again and again.
+    general = [d for d in stdlib_corpus.stdlib_documents(trained_modules) if d not in set(held_general)]
+    random.Random(0).shuffle(general)
+    general = first_chars(general, REPLAY_CHARS)
     write_jsonl(os.path.join(corpus, "morvantis.jsonl"), [{"text": d} for d in domain])
     write_jsonl(os.path.join(corpus, "replay_general.jsonl"), [{"text": d} for d in general])
     write_jsonl(os.path.join(evaluation, "domain_heldout.jsonl"), [{"text": d} for d in heldout_domain_documents()])
-    held_general = first_chars([d for d in stdlib_corpus.stdlib_documents(stdlib_corpus.MODULES[12:])
-                                if d not in set(general)], 16000)  # modules never trained on
     write_jsonl(os.path.join(evaluation, "general_heldout.jsonl"), [{"text": d} for d in held_general])
     write_jsonl(os.path.join(evaluation, "probes_seen.jsonl"), probes("seen"))
     write_jsonl(os.path.join(evaluation, "probes_heldout.jsonl"), probes("heldout"))

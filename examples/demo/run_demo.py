@@ -25,6 +25,9 @@ import report_utils  # noqa: E402
 from arguments import run_script  # noqa: E402
 from eval_utils import evaluate_model, flat_figures, read_eval_inputs  # noqa: E402
 
+# Training sources and their token shares: the fact documents are read again and again (cycled) while the
+# replay text, about twice as long, is read once, so the general text the model sees is always fresh.
+MIX = {"facts": ("corpus/morvantis.jsonl", 0.7), "replay": ("corpus/replay_general.jsonl", 0.3)}
 EVAL_FILES = {"domain": "eval/domain_heldout.jsonl", "general": "eval/general_heldout.jsonl"}
 PROBE_FILES = {"seen": "eval/probes_seen.jsonl", "heldout": "eval/probes_heldout.jsonl"}
 PROMPTS = ["Morvantis Robotics was founded by", "The Skylark X2 is", "Question: Who runs Morvantis Robotics today "
@@ -60,8 +63,9 @@ def main(argv=None):
                               {k: os.path.join(HERE, v) for k, v in PROBE_FILES.items()})  # read once, used twice
     before = evaluate(AutoModelForCausalLM.from_pretrained(args.model), tokenizer, inputs)
     # The config holds the training settings; the paths are given absolute, so the demo runs from any folder.
+    mix = ",".join(f"{name}={os.path.join(HERE, path)}:{share}" for name, (path, share) in MIX.items())
     trainer = pretrain.main([os.path.join(ROOT, "examples", "new_facts.yaml"), "--model_name_or_path", args.model,
-                             "--dataset_dir", os.path.join(HERE, "corpus"),
+                             "--mix", mix,
                              "--eval_files", ",".join(f"{k}={os.path.join(HERE, v)}" for k, v in EVAL_FILES.items()),
                              "--data_cache_dir", os.path.join(ROOT, ".cache", "prepared"),
                              "--output_dir", os.path.join(out, "model"), "--overwrite_output_dir", *train_flags])
