@@ -25,8 +25,8 @@ import report_utils  # noqa: E402
 from arguments import run_script  # noqa: E402
 from eval_utils import evaluate_model, flat_figures, read_eval_inputs  # noqa: E402
 
-# Training sources and their token shares: the fact documents are read again and again (cycled) while the
-# replay text, about twice as long, is read once, so the general text the model sees is always fresh.
+# Training sources and their token shares: the fact documents (13,400 tokens) are cycled, about 3.6 times,
+# while the replay text (20,500 tokens) is read once, so the general text the model sees is always fresh.
 MIX = {"facts": ("corpus/morvantis.jsonl", 0.7), "replay": ("corpus/replay_general.jsonl", 0.3)}
 EVAL_FILES = {"domain": "eval/domain_heldout.jsonl", "general": "eval/general_heldout.jsonl"}
 PROBE_FILES = {"seen": "eval/probes_seen.jsonl", "heldout": "eval/probes_heldout.jsonl"}
