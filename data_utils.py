@@ -386,9 +386,14 @@ class NearDuplicates:
         return False
 
 
+def near_duplicates(data_args):
+    """The --near_dedup_threshold filter (a NearDuplicates), or None when it is off."""
+    return NearDuplicates(data_args.near_dedup_threshold) if data_args.near_dedup_threshold else None
+
+
 def cleaner(data_args):
     """clean_documents with the flags' settings: texts, stats -> kept texts."""
-    near = NearDuplicates(data_args.near_dedup_threshold) if data_args.near_dedup_threshold else None
+    near = near_duplicates(data_args)
     return lambda texts, stats: clean_documents(texts, stats, data_args.min_doc_chars, near)
 
 
@@ -893,8 +898,7 @@ def read_clean_documents(paths, data_args, stats, workers=None, max_documents=No
     for texts, digests, part_stats in parts:
         stats.update(part_stats)
         cleaned += zip(texts, digests)
-    near = NearDuplicates(data_args.near_dedup_threshold) if data_args.near_dedup_threshold else None
-    return list(unique_documents(cleaned, stats, near))
+    return list(unique_documents(cleaned, stats, near_duplicates(data_args)))
 
 
 def describe_documents(stats):
