@@ -1,21 +1,25 @@
 """Raw files in, packed token rows out.
 
-files --read--> documents --clean--> --split by document hash--> train / validation
+files --read--> documents --clean, dedupe-->
       --tokenize (BOS if the tokenizer adds one, EOS after every document)-->
+      --split by document hash--> train / validation
       --pack into block_size rows (position_ids restart at each document)--> cache (Arrow) --> Trainer
 
 Every function on the path from documents to rows is pure; `prepare_datasets` wires them and caches the
 result under a fingerprint of the input contents, the tokenizer and the options. With
 --preprocessing_num_workers 2 or more, worker processes read and clean shards of the files and tokenize
-chunks of the documents; the main process merges the shards' exact-dedupe digests in file order, splits
-and packs, so the rows are the same for any number of workers.
+the documents of each shard that are kept; the main process merges the shards' exact-dedupe digests in file
+order, splits and packs, so the rows are the same for any number of workers. In one process, a shard is
+tokenized in a thread while the next is read and cleaned.
 """
 
+import concurrent.futures
 import contextlib
 import csv
 import dataclasses
 import functools
 import hashlib
+import io
 import itertools
 import json
 import logging
@@ -42,6 +46,7 @@ DEFAULT_TEXT_COLUMNS = ("text", "content")
 # Bump when the prepared rows change for the same inputs, so old caches are not reused.
 PREPARED_FORMAT_VERSION = 2  # 2: int32 rows packed from Arrow arrays
 IGNORE_INDEX = -100
+ZERO_IDS = np.zeros(0, dtype=np.int32)
 HISTORY_ROWS = 4096  # resume states kept for the rows a streaming run has taken but not yet trained on
 MAX_LOGGED_SKIPS = 10  # each skipped record is counted; only the first few are logged one by one
 
@@ -163,33 +168,86 @@ def parse_json_line(line, path, lineno):
 
 
 def read_text(path, keep_linebreaks, skipped=None, start=0, end=None):
-    """Documents of a .txt file, read a line at a time so that a file may be larger than memory; a document
-    with bytes that are not UTF-8 stops the run, or with --skip_bad_records is skipped and counted."""
-    lines, bad = [], False
-    for lineno, offset, raw in numbered_lines(path, start, end):
+    """Documents of a .txt file, read a block of whole documents at a time so that a file may be larger than
+    memory; a document with bytes that are not UTF-8 stops the run, or with --skip_bad_records is skipped and
+    counted."""
+    for lineno, offset, block in text_blocks(path, start, end):
+        try:
+            text = block.decode("utf-8")
+        except UnicodeDecodeError:  # rare: go through this block a line at a time to name the line
+            lines = ((lineno + i, offset + at, raw) for i, (at, raw) in enumerate(lines_with_offsets(block)))
+            yield from line_documents(lines, path, keep_linebreaks, skipped)
+            continue
+        yield from split_text_documents(text, keep_linebreaks)
+
+
+def line_documents(lines, path, keep_linebreaks, skipped):
+    """Documents from numbered_lines' (line number, byte offset, bytes) of a .txt file, decoded a line at a time."""
+    lines_of_document, bad = [], False
+    for lineno, offset, raw in lines:
         try:
             line = decode_utf8(raw, path, offset, lineno)
         except UserError as e:
             skip_or_raise(e, skipped)
             line, bad = "x", True  # not blank: the rest of this document is dropped with it
         if not is_blank_line(raw):
-            lines.append(line)
+            lines_of_document.append(line)
             continue
         if not bad:
-            yield from split_text_documents("".join(lines), keep_linebreaks)
-        lines, bad = [], False
+            yield from split_text_documents("".join(lines_of_document), keep_linebreaks)
+        lines_of_document, bad = [], False
     if not bad:
-        yield from split_text_documents("".join(lines), keep_linebreaks)
+        yield from split_text_documents("".join(lines_of_document), keep_linebreaks)
+
+
+def lines_with_offsets(data):
+    """(byte offset, line) of each line of data, line ends kept."""
+    at = 0
+    for raw in io.BytesIO(data):
+        yield at, raw
+        at += len(raw)
+
+
+_BLANK_LINE = re.compile(rb"\n[ \t]*\r?\n")  # a line end, then a line of spaces and tabs only
+TEXT_BLOCK_BYTES = 2**22
+
+
+def text_blocks(path, start=0, end=None):
+    """(line number, byte offset, bytes) of the consecutive blocks of a .txt file's bytes [start, end): about
+    TEXT_BLOCK_BYTES each, each but the last ending after a blank line, so that no document is cut."""
+    with open(path, "rb") as f:
+        lineno, offset, rest = lines_before(f, start), start, b""
+        while True:
+            want = TEXT_BLOCK_BYTES if end is None else min(TEXT_BLOCK_BYTES, end - offset - len(rest))
+            data = f.read(want) if want > 0 else b""
+            block = rest + data
+            if not data:
+                if block:
+                    yield lineno, offset, block
+                return
+            cut = None
+            for cut in _BLANK_LINE.finditer(block):
+                pass
+            if cut is None:  # one document longer than the block: read on
+                rest = block
+                continue
+            yield lineno, offset, block[:cut.end()]
+            lineno, offset, rest = lineno + block.count(b"\n", 0, cut.end()), offset + cut.end(), block[cut.end():]
+
+
+def lines_before(f, start):
+    """1 + the number of lines before byte `start` of a file (counted, not decoded); leaves f at start."""
+    lineno = 1
+    while f.tell() < start and (chunk := f.read(min(2**24, start - f.tell()))):
+        lineno += chunk.count(b"\n")
+    return lineno
 
 
 def numbered_lines(path, start=0, end=None):
     """(line number, byte offset, bytes) of each line of a file that starts in [start, end); start is a line's
     first byte. The lines before start are counted, not decoded, so a shard's errors still name the line."""
     with open(path, "rb") as f:
-        lineno = 1
-        while f.tell() < start and (chunk := f.read(min(2**24, start - f.tell()))):
-            lineno += chunk.count(b"\n")
-        offset = start
+        lineno, offset = lines_before(f, start), start
         for raw in f:
             if end is not None and offset >= end:
                 return
@@ -346,10 +404,11 @@ def cleaned_documents(texts, stats, min_chars=1):
         yield text, int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
 
 
-def unique_documents(cleaned, stats, near_duplicates=None):
+def unique_documents(cleaned, stats, near_duplicates=None, seen=None):
     """The texts of cleaned_documents' (text, digest) pairs, in order, each first occurrence of a digest only
-    and, with a NearDuplicates filter, no near duplicate of a text kept before."""
-    seen = set()
+    and, with a NearDuplicates filter, no near duplicate of a text kept before. seen: the digests of earlier
+    parts of the same corpus (updated)."""
+    seen = set() if seen is None else seen
     for text, digest in cleaned:
         reason = "duplicate" if digest in seen else None
         seen.add(digest)
@@ -412,15 +471,21 @@ def split_documents(texts, validation_percentage):
     (['a', 'b', 'd'], ['c'])
     """
     texts = list(texts)
+    held = held_out_indices(texts, validation_percentage)
+    return [t for i, t in enumerate(texts) if i not in held], [t for i, t in enumerate(texts) if i in held]
+
+
+def held_out_indices(texts, validation_percentage):
+    """The indices of the documents split_documents holds out (a set)."""
     if validation_percentage <= 0 or len(texts) < 2:
-        return texts, []
+        return set()
     fractions = [document_hash_fraction(t) for t in texts]
     held = {i for i, f in enumerate(fractions) if f < validation_percentage / 100}
     if not held:
         held = {min(range(len(texts)), key=fractions.__getitem__)}
     if len(held) == len(texts):
         held.discard(max(held, key=fractions.__getitem__))
-    return [t for i, t in enumerate(texts) if i not in held], [t for i, t in enumerate(texts) if i in held]
+    return held
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -446,12 +511,38 @@ def tokenize_documents(texts, tokenizer):
     return [ids if ids and ids[-1] == eos else ids + [eos] for ids in encoded]
 
 
-def token_arrays(texts, context):
-    """tokenize_documents as int32 arrays: every document's ids end to end, and each document's length.
-    context: {"tokenizer": ...}, as PreparationWorkers gives it."""
-    ids = tokenize_documents(texts, context["tokenizer"])
-    lengths = np.fromiter(map(len, ids), dtype=np.int32, count=len(ids))
-    return np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=int(lengths.sum())), lengths
+@dataclass
+class Documents:
+    """Cleaned documents in order and their tokens (tokenize_documents'): every document's ids end to end
+    (int32) and each document's number of tokens."""
+    texts: list
+    values: np.ndarray
+    lengths: np.ndarray
+
+    @classmethod
+    def tokenized(cls, texts, context):
+        """texts and their tokens. context: {"tokenizer": ...}, as PreparationWorkers gives it."""
+        ids = tokenize_documents(texts, context["tokenizer"]) if texts else []
+        lengths = np.fromiter(map(len, ids), dtype=np.int32, count=len(ids))
+        values = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=int(lengths.sum()))
+        return cls(list(texts), values, lengths)
+
+    @classmethod
+    def joined(cls, parts):
+        parts = list(parts)
+        return cls([t for p in parts for t in p.texts], np.concatenate([p.values for p in parts] or [ZERO_IDS]),
+                   np.concatenate([p.lengths for p in parts] or [ZERO_IDS]))
+
+    def subset(self, keep):
+        """The documents where the boolean array keep is true, with their tokens."""
+        return Documents([t for t, k in zip(self.texts, keep) if k], self.values[np.repeat(keep, self.lengths)],
+                         self.lengths[keep])
+
+    def split(self, validation_percentage):
+        """(train, validation) as split_documents splits the texts."""
+        keep = np.ones(len(self.texts), dtype=bool)
+        keep[list(held_out_indices(self.texts, validation_percentage))] = False
+        return self.subset(keep), self.subset(~keep)
 
 
 def pack_token_array(values, doc_lengths, block_size):
@@ -825,16 +916,21 @@ def save_atomically(dataset_dict, stats, target):
 
 
 class PreparationWorkers:
-    """map(function, items): function(item, context) for each item, results in order, in this process
-    (num_workers None: the fast tokenizer's own threads use every core; 1: one thread), or with 2 or more in
-    that many forked processes, one thread each, given the context (tokenizer, data options) once as they
-    start rather than with every item. One pool serves reading, cleaning and tokenizing, so nothing heavy
-    stays serial; datasets.map would start a pool per step and write every shard to disk."""
+    """map(function, items): function(item, context) for each item, results in order; submit(function, item):
+    the same for one item, started at once, its result given by the returned callable.
+
+    num_workers None: in this process, the fast tokenizer's own threads using every core, in a thread beside
+    this one, so that the next shard is read and cleaned here while the last one is tokenized; 1: in this
+    process, one thread; 2 or more: in that many forked processes, one thread each, given the context
+    (tokenizer, data options) once as they start rather than with every item. One pool serves reading,
+    cleaning and tokenizing; datasets.map would start a pool per step and write every shard to disk."""
 
     def __init__(self, num_workers, **context):
-        self.num_workers, self.context, self.pool = num_workers, context, None
+        self.num_workers, self.context, self.pool, self.thread = num_workers, context, None, None
         self.processes = num_workers if num_workers and num_workers > 1 else 0
-        self.pieces = 4 * self.processes or 1  # parts of the work: a few a process, so that they finish together
+        # parts of the work: a few a process, so that they finish together; in one process, enough for reading
+        # and tokenizing to overlap
+        self.pieces = 4 * self.processes or (8 if num_workers is None else 1)
         self.stack = contextlib.ExitStack()
 
     def __enter__(self):
@@ -842,6 +938,8 @@ class PreparationWorkers:
         if self.processes:  # forked after the environment turns the tokenizer's threads off, as they must be
             self.pool = self.stack.enter_context(multiprocessing.get_context("fork").Pool(
                 self.processes, start_worker, (self.context,)))
+        elif self.num_workers is None:
+            self.thread = self.stack.enter_context(concurrent.futures.ThreadPoolExecutor(1))
         return self
 
     def __exit__(self, *exc):
@@ -851,6 +949,13 @@ class PreparationWorkers:
         if self.pool is None:
             return (function(item, self.context) for item in items)
         return self.pool.imap(functools.partial(run_in_worker, function), items)
+
+    def submit(self, function, item):
+        if self.pool is not None:
+            return self.pool.apply_async(run_in_worker, (function, item)).get
+        if self.thread is not None:
+            return self.thread.submit(function, item, self.context).result
+        return functools.partial(lambda result: result, function(item, self.context))
 
 
 _WORKER_CONTEXT = {}  # in a PreparationWorkers process: its context, set once as it starts
@@ -879,12 +984,12 @@ def cleaned_part(texts, stats, data_args):
     return [t for t, _ in pairs], [d for _, d in pairs], stats
 
 
-def read_clean_documents(paths, data_args, stats, workers=None, max_documents=None, extra=None):
-    """Read every path (and an already loaded dataset `extra`, first), clean, dedupe; at most max_documents
-    read. The workers read and clean shards of the files; here the shards' digests are merged in file order
-    (the first occurrence of a document is kept, as reading the files in one process would) and near
-    duplicates dropped."""
-    workers = workers or PreparationWorkers(None, data_args=data_args)
+def read_clean_documents(paths, data_args, stats, workers, max_documents=None, extra=None):
+    """Read every path (and an already loaded dataset `extra`, first), clean, dedupe, tokenize: Documents. At
+    most max_documents read. The workers read and clean shards of the files; here the shards' digests are
+    merged in file order (the first occurrence of a document is kept, as reading the files in one process
+    would) and near duplicates dropped; then the workers tokenize each shard's documents that are kept,
+    while the next shards are read."""
     parts = [] if extra is None else [cleaned_part(itertools.islice(read_table(
         extra, data_args.text_column, data_args.dataset_name), max_documents), Counter(), data_args)]
     shards = data_shards(list_data_files(paths), workers.pieces) if paths else []
@@ -894,11 +999,12 @@ def read_clean_documents(paths, data_args, stats, workers=None, max_documents=No
                 parts.append(clean_shard(shard, workers.context, left))
     else:
         parts = itertools.chain(parts, workers.map(clean_shard, shards))
-    cleaned = []
+    tokenized, seen, near = [], set(), near_duplicates(data_args)
     for texts, digests, part_stats in parts:
         stats.update(part_stats)
-        cleaned += zip(texts, digests)
-    return list(unique_documents(cleaned, stats, near_duplicates(data_args)))
+        tokenized.append(workers.submit(Documents.tokenized,
+                                        list(unique_documents(zip(texts, digests), stats, near, seen))))
+    return Documents.joined(result() for result in tokenized)
 
 
 def describe_documents(stats):
@@ -913,12 +1019,9 @@ def describe_documents(stats):
                      [("dropped: " + ", ".join(dropped)) if dropped else "none dropped"] + skipped + changed)
 
 
-def rows_from_documents(texts, block_size, workers):
-    """Tokenize documents (batched, in PreparationWorkers) and pack them into a Dataset of rows, without a
-    Python loop over tokens."""
-    parts = list(workers.map(token_arrays, text_chunks(texts, max(workers.pieces, -(-len(texts) // 10000)))))
-    values = np.concatenate([v for v, _ in parts] or [np.zeros(0, np.int32)])
-    lengths = np.concatenate([n for _, n in parts] or [np.zeros(0, np.int32)])
+def packed_rows(documents, block_size):
+    """Documents' tokens packed into a Dataset of rows, without a Python loop over tokens."""
+    values, lengths = documents.values, documents.lengths
     row_offsets, positions = pack_token_array(values, lengths, block_size)
     offsets = pa.array(row_offsets.astype(np.int32))
     table = pa.table({"input_ids": pa.ListArray.from_arrays(offsets, pa.array(values)),
@@ -929,17 +1032,6 @@ def rows_from_documents(texts, block_size, workers):
     digest.update(lengths)
     digest.update(str(block_size).encode())
     return datasets.Dataset(table, fingerprint=digest.hexdigest())
-
-
-def text_chunks(texts, pieces):
-    """texts cut into at most `pieces` consecutive lists of about the same number of characters.
-
-    >>> text_chunks(["aaaa", "b", "c", "dd", "ee"], 2)
-    [['aaaa', 'b'], ['c', 'dd', 'ee']]
-    """
-    ends = np.cumsum([len(t) for t in texts])
-    cuts = np.searchsorted(ends, np.arange(1, pieces) * (ends[-1] / pieces), side="right") if len(texts) else []
-    return [texts[a:b] for a, b in zip([0, *cuts], [*cuts, len(texts)]) if b > a]
 
 
 @contextlib.contextmanager
@@ -973,20 +1065,20 @@ def build_datasets(data_args, tokenizer, block_size, max_documents=None, extra=N
             validation_docs = read_clean_documents([data_args.validation_file], data_args, Counter(), workers,
                                                    max_documents)
         else:
-            train_docs, validation_docs = split_documents(train_docs, data_args.validation_split_percentage)
-        if not train_docs:
+            train_docs, validation_docs = train_docs.split(data_args.validation_split_percentage)
+        if not train_docs.texts:
             where = ", ".join(data_args.training_paths) or data_args.dataset_name
             raise UserError(f"{where}: no training documents with text ({describe_documents(stats)})")
         documents = {"train": train_docs, "validation": validation_docs}
         for name, path in data_args.named_eval_files.items():
             documents[f"eval_{name}"] = read_clean_documents([path], data_args, Counter(), workers, max_documents)
-            if not documents[f"eval_{name}"]:
+            if not documents[f"eval_{name}"].texts:
                 raise UserError(f"--eval_files {name}={path}: no documents with text")
         splits = {}
-        for name, texts in documents.items():
-            if texts:
-                splits[name] = rows_from_documents(texts, block_size, workers)
-                stats.update(split_stats(name, splits[name], texts))
+        for name, docs in documents.items():
+            if docs.texts:
+                splits[name] = packed_rows(docs, block_size)
+                stats.update(split_stats(name, splits[name], docs.texts))
     return datasets.DatasetDict(splits), dict(stats)
 
 

@@ -258,8 +258,11 @@ def test_empty_dataset_is_a_user_error(tmp_path, tiny_tokenizer):
 @pytest.mark.parametrize("workers", [None, 1, 2])
 def test_prepared_rows_do_not_depend_on_the_number_of_workers(corpus_dir, tmp_path, tiny_tokenizer, workers):
     docs = list(clean_documents((d for f in list_data_files([corpus_dir]) for d in read_documents(f)), Counter()))
-    with data_utils.PreparationWorkers(workers, tokenizer=tiny_tokenizer) as pool:
-        rows = data_utils.rows_from_documents(docs, 16, pool)
+    args = data_args(corpus_dir, tmp_path / "cache")
+    with data_utils.PreparationWorkers(workers, tokenizer=tiny_tokenizer, data_args=args) as pool:
+        documents = data_utils.read_clean_documents([corpus_dir], args, Counter(), pool)
+    assert documents.texts == docs
+    rows = data_utils.packed_rows(documents, 16)
     assert rows["input_ids"] == pack_documents(tokenize_documents(docs, tiny_tokenizer), 16)["input_ids"]
     assert rows["position_ids"] == pack_documents(tokenize_documents(docs, tiny_tokenizer), 16)["position_ids"]
 
@@ -315,7 +318,28 @@ def test_txt_read_a_line_at_a_time_equals_splitting_the_whole_text(tmp_path):
         assert list(read_documents(str(tmp_path / "x.txt"), keep_linebreaks=keep)) == split_text_documents(text, keep)
 
 
-def test_skip_bad_records_skips_and_counts_instead_of_stopping(tmp_path):
+def test_txt_read_in_blocks_equals_reading_it_whole_and_names_the_bad_line(tmp_path, monkeypatch):
+    docs = [f"document {i}\r\nline two of {i}" + " long" * (i % 40) for i in range(300)]
+    separators = ["\n\n", "\r\n\r\n", "\n \t\n", "\n\n\n"]
+    text = "".join(d + separators[i % 4] for i, d in enumerate(docs))
+    (tmp_path / "x.txt").write_text(text, encoding="utf-8", newline="")
+    monkeypatch.setattr(data_utils, "TEXT_BLOCK_BYTES", 97)  # blocks far smaller than a document
+    whole = split_text_documents(text)
+    assert list(read_documents(str(tmp_path / "x.txt"))) == whole and len(whole) == 300
+    for path, start, end in data_utils.data_shards([str(tmp_path / "x.txt")], 5):
+        assert list(read_documents(path, start=start, end=end)) == split_text_documents(text.encode()[start:end].decode())
+    broken = text.encode().replace(b"document 250\r\n", b"document 250\xff\r\n")
+    (tmp_path / "x.txt").write_bytes(broken)
+    at = broken.index(b"\xff")
+    line = broken[:at].count(b"\n") + 1
+    with pytest.raises(UserError, match=rf"x.txt:{line}: not UTF-8 at byte offset {at}"):
+        list(read_documents(str(tmp_path / "x.txt")))
+    skipped = Counter()
+    assert list(read_documents(str(tmp_path / "x.txt"), skipped=skipped)) == whole[:250] + whole[251:]
+    assert skipped["skipped_bad_records"] == 1
+
+
+def test_skip_bad_records_skips_and_counts_instead_of_stopping(tmp_path, tiny_tokenizer):
     data = tmp_path / "data"
     data.mkdir()
     lines = [json.dumps({"text": f"good document number {i}"}) for i in range(1000)]
@@ -333,7 +357,8 @@ def test_skip_bad_records_skips_and_counts_instead_of_stopping(tmp_path):
     args = DataArguments(dataset_dir=str(data), skip_bad_records=True, validation_split_percentage=0,
                          data_cache_dir=str(tmp_path / "c"))
     stats = Counter()
-    assert len(data_utils.read_clean_documents([str(data)], args, stats)) == 1001
+    with data_utils.PreparationWorkers(None, data_args=args, tokenizer=tiny_tokenizer) as workers:
+        assert len(data_utils.read_clean_documents([str(data)], args, stats, workers).texts) == 1001
     assert "2 bad records skipped" in data_utils.describe_documents(stats)
 
 

@@ -70,10 +70,13 @@ def test_two_workers_prepare_exactly_what_one_prepares(messy_corpus, tmp_path, t
         assert rows == one and stats == one_stats
 
 
-def test_the_first_occurrence_of_a_duplicate_is_kept_in_file_order(messy_corpus):
+def test_the_first_occurrence_of_a_duplicate_is_kept_in_file_order(messy_corpus, tiny_tokenizer):
     args = DataArguments(dataset_dir=messy_corpus, skip_bad_records=True, preprocessing_num_workers=2)
-    with data_utils.PreparationWorkers(2, data_args=args) as workers:
-        docs = data_utils.read_clean_documents([messy_corpus], args, Counter(), workers)
+    with data_utils.PreparationWorkers(2, data_args=args, tokenizer=tiny_tokenizer) as workers:
+        documents = data_utils.read_clean_documents([messy_corpus], args, Counter(), workers)
+    docs = documents.texts
+    ids = data_utils.tokenize_documents(docs, tiny_tokenizer)  # each document's tokens, in the same order
+    assert documents.lengths.tolist() == [len(i) for i in ids] and documents.values.tolist() == sum(ids, [])
     # document 3 is first in a.txt's first shard, again in a later shard and in b.jsonl; 106 is first in b.jsonl
     assert docs.index(document(3)) == 3 and docs.count(document(3)) == 1
     assert docs.index(document(106)) < docs.index(document(200)) and docs.count(document(106)) == 1
@@ -89,10 +92,9 @@ def test_a_bad_record_names_the_same_file_and_line_with_workers(messy_corpus, tm
     assert errors[0] == errors[1] and "a.txt:121: not UTF-8" in errors[0]
 
 
-def test_text_chunks_docstring_example_and_every_text_once():
-    assert data_utils.text_chunks(["aaaa", "b", "c", "dd", "ee"], 2) == [["aaaa", "b"], ["c", "dd", "ee"]]
-    texts = [str(i) * (i % 7 + 1) for i in range(50)]
-    for pieces in (1, 3, 8, 100):
-        chunks = data_utils.text_chunks(texts, pieces)
-        assert [t for chunk in chunks for t in chunk] == texts and len(chunks) <= pieces
-    assert data_utils.text_chunks([], 4) == []
+def test_documents_split_as_split_documents_splits_the_texts(tiny_tokenizer):
+    texts = [document(i, words=i % 5 + 1) for i in range(40)]
+    train, validation = data_utils.Documents.tokenized(texts, {"tokenizer": tiny_tokenizer}).split(20)
+    assert (train.texts, validation.texts) == data_utils.split_documents(texts, 20) and validation.texts
+    for part in (train, validation):
+        assert part.values.tolist() == sum(data_utils.tokenize_documents(part.texts, tiny_tokenizer), [])
