@@ -110,6 +110,13 @@ def test_fp16_without_cuda_is_one_line_suggesting_bf16_or_fp32(tmp_path):
         parse_args(["--output_dir", str(tmp_path), "--torch_dtype", "float16"])
 
 
+@pytest.mark.skipif(torch.accelerator.is_available(), reason="for machines without a GPU")
+def test_bf16_without_a_gpu_trains_with_bf16_autocast_on_the_cpu(tmp_path):
+    training_args = parse_args(["--output_dir", str(tmp_path), "--bf16"])[2]
+    assert training_args.bf16 and training_args.use_cpu
+    assert not parse_args(["--output_dir", str(tmp_path)])[2].use_cpu
+
+
 @pytest.mark.parametrize("suffix", [".yaml", ".json"])
 def test_config_file_first_and_flags_override_it(tmp_path, suffix):
     config = {"output_dir": str(tmp_path / "o"), "learning_rate": 1e-4, "lora_rank": 16, "do_train": True,
