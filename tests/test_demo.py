@@ -31,7 +31,8 @@ def test_committed_corpus_is_what_the_generator_writes(tmp_path):
 def test_corpus_states_each_fact_ten_ways_plus_faq_and_never_uses_the_heldout_wording():
     facts = make_corpus.facts()
     assert len(facts) >= 40 and len({(r, s) for r, s, _, _ in facts}) == len(facts)
-    training = [d["text"] for d in read_jsonl(os.path.join(DEMO, "corpus", "morvantis.jsonl"))]
+    training = [d["text"] for language in ("en", "vi")
+                for d in read_jsonl(os.path.join(DEMO, "corpus", f"morvantis_{language}.jsonl"))]
     for relation, subject, answer, distractors in facts:
         assert answer not in distractors and len(set(distractors)) == 3
         stated = [make_corpus.fill(template, subject, make_corpus.answer_in(lang, answer))

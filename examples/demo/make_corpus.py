@@ -189,7 +189,7 @@ REPLAY_MODULES = ("typing", "inspect", "os", "threading", "socket", "sqlite3", "
                   "gzip", "bz2", "lzma", "plistlib", "netrc", "ftplib", "smtplib", "imaplib", "wave", "graphlib",
                   "reprlib", "linecache", "tracemalloc", "pdb", "doctest", "concurrent.futures", "multiprocessing.pool",
                   "xml.etree.ElementTree", "http.server", "urllib.request", "email.utils", "email.parser")
-REPLAY_CHARS = 86_000  # about 20,500 tokens: one pass over it is the replay 30% of the training run
+REPLAY_CHARS = 50_000  # about 12,000 tokens: one pass over it is the replay 15% of the training run
 
 PEOPLE = ["Annika Vell", "Tomas Irrel", "Mira Dosk", "Jonas Pael", "Edda Varn", "Lothar Quenn", "Sabine Orrit",
           "Kasimir Holt"]
@@ -274,12 +274,12 @@ def question(relation, subject, language, kind="heldout"):
 
 
 def training_documents(seed=0):
-    """Per subject: one document per statement style (6 English, 4 Vietnamese), its facts in a shuffled order
-    (a fact is not always in the same place), and an FAQ in each language."""
+    """{language: documents}: per subject, one document per statement style (6 English, 4 Vietnamese), its
+    facts in a shuffled order (a fact is not always in the same place), and an FAQ in each language."""
     by_subject, rng = {}, random.Random(seed)
     for fact in facts():
         by_subject.setdefault(fact[1], []).append(fact)
-    docs = []
+    docs = {"en": [], "vi": []}
     for language, headers in (("en", ["{s}", "About {s}", "{s}: key facts", "{s} in brief", "Profile: {s}",
                                       "What to know about {s}"]),
                               ("vi", ["{s}", "Thông tin về {s}", "{s}: những điều cần biết", "Giới thiệu {s}"])):
@@ -288,12 +288,12 @@ def training_documents(seed=0):
                 sentences = [fill(getattr(RELATIONS[r], language)[style], s, answer_in(language, a))
                              for r, s, a, _ in subject_facts]
                 rng.shuffle(sentences)
-                docs.append(fill(header, subject) + "\n" + " ".join(sentences))
+                docs[language].append(fill(header, subject) + "\n" + " ".join(sentences))
     for language, header, q, a in (("en", "{s}: questions and answers", "Q", "A"), ("vi", "{s}: hỏi và đáp", "Hỏi", "Đáp")):
         for subject, subject_facts in by_subject.items():
             pairs = [f"{q}: {question(r, s, language, 'faq')}\n{a}: {answer_in(language, ans)}."
                      for r, s, ans, _ in subject_facts]
-            docs.append(fill(header, subject) + "\n" + "\n".join(pairs))
+            docs[language].append(fill(header, subject) + "\n" + "\n".join(pairs))
     return docs
 
 
@@ -351,13 +351,15 @@ def main(root=HERE):
     general = [d for d in stdlib_corpus.stdlib_documents(trained_modules) if d not in set(held_general)]
     random.Random(0).shuffle(general)
     general = first_chars(general, REPLAY_CHARS)
-    write_jsonl(os.path.join(corpus, "morvantis.jsonl"), [{"text": d} for d in domain])
+    for language, docs in domain.items():  # one file a language, so that a mix can weight them apart
+        write_jsonl(os.path.join(corpus, f"morvantis_{language}.jsonl"), [{"text": d} for d in docs])
     write_jsonl(os.path.join(corpus, "replay_general.jsonl"), [{"text": d} for d in general])
     write_jsonl(os.path.join(evaluation, "domain_heldout.jsonl"), [{"text": d} for d in heldout_domain_documents()])
     write_jsonl(os.path.join(evaluation, "general_heldout.jsonl"), [{"text": d} for d in held_general])
     write_jsonl(os.path.join(evaluation, "probes_seen.jsonl"), probes("seen"))
     write_jsonl(os.path.join(evaluation, "probes_heldout.jsonl"), probes("heldout"))
-    print(f"{len(facts())} facts, {len(domain)} domain documents, {len(general)} replay documents")
+    print(f"{len(facts())} facts, {sum(map(len, domain.values()))} domain documents, {len(general)} replay "
+          "documents")
 
 
 if __name__ == "__main__":

@@ -25,9 +25,12 @@ import report_utils  # noqa: E402
 from arguments import run_script  # noqa: E402
 from eval_utils import evaluate_model, flat_figures, read_eval_inputs  # noqa: E402
 
-# Training sources and their token shares: the fact documents (13,400 tokens) are cycled, about 3.6 times,
-# while the replay text (20,500 tokens) is read once, so the general text the model sees is always fresh.
-MIX = {"facts": ("corpus/morvantis.jsonl", 0.7), "replay": ("corpus/replay_general.jsonl", 0.3)}
+# Training sources and their token shares: the English fact documents (5,500 tokens) are cycled about 3.6
+# times and the Vietnamese ones (7,900 tokens; the same facts cost more tokens and are learned more slowly)
+# about 6 times, while the replay text (11,900 tokens) is read once, so the general text the model sees is
+# always fresh. 80,000 tokens in all.
+MIX = {"facts_en": ("corpus/morvantis_en.jsonl", 0.25), "facts_vi": ("corpus/morvantis_vi.jsonl", 0.6),
+       "replay": ("corpus/replay_general.jsonl", 0.15)}
 EVAL_FILES = {"domain": "eval/domain_heldout.jsonl", "general": "eval/general_heldout.jsonl"}
 PROBE_FILES = {"seen": "eval/probes_seen.jsonl", "heldout": "eval/probes_heldout.jsonl"}
 PROMPTS = ["Morvantis Robotics was founded by", "The Skylark X2 is", "Question: Who runs Morvantis Robotics today "
