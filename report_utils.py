@@ -51,11 +51,13 @@ def plot_before_after(before, after, keys, path, title="Before and after"):
     """Grouped bars of the chosen figures, before vs after, with the values written on the bars."""
     fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3.6))
     for ax, key in zip(axes if len(keys) > 1 else [axes], keys):
-        bars = ax.bar(["before", "after"], [before[key], after[key]], color=["tab:gray", "tab:green"])
+        higher = key.endswith(HIGHER_IS_BETTER)
+        better = after[key] >= before[key] if higher else after[key] <= before[key]  # "after" green, or red if worse
+        bars = ax.bar(["before", "after"], [before[key], after[key]],
+                      color=["tab:gray", "tab:green" if better else "tab:red"])
         ax.bar_label(bars, fmt="%.3f")
         change = f", {after[key] / before[key] - 1:+.1%}" if before[key] else ""
-        ax.set_title(f"{key}{change}\n" + ("higher is better" if key.endswith(HIGHER_IS_BETTER) else "lower is better"),
-                     fontsize=9)
+        ax.set_title(f"{key}{change}\n" + ("higher is better" if higher else "lower is better"), fontsize=9)
         ax.set_ylim(0, max(before[key], after[key]) * 1.25 or 1)
     fig.suptitle(title)
     fig.tight_layout()

@@ -63,6 +63,18 @@ def test_curves_and_plots_and_report(tmp_path):
     assert "| a_acc | 0.2500 | 1.0000 | +0.7500 |" in md and "![t.png](t.png)" in md and "after: 'y'" in md
 
 
+def test_before_after_bars_are_red_where_a_figure_got_worse(tmp_path):
+    import matplotlib.image
+    import numpy as np
+
+    def has_red(before, after):
+        path = report_utils.plot_before_after(before, after, ["x_bpb"], str(tmp_path / "p.png"))
+        pixels = matplotlib.image.imread(path)[..., :3]
+        return bool((np.abs(pixels - [0.839, 0.153, 0.157]).max(-1) < 0.02).any())  # tab:red
+
+    assert has_red({"x_bpb": 1.0}, {"x_bpb": 1.1}) and not has_red({"x_bpb": 1.1}, {"x_bpb": 1.0})
+
+
 @pytest.mark.slow
 def test_demo_run_moves_every_figure_the_right_way(smollm2_dir, tmp_path):
     """The demo, shortened to 80 steps: probes up, domain bits per byte down, general bits per byte about even."""
