@@ -440,6 +440,11 @@ class PretrainTrainingArguments(TrainingArguments):
                   "only the new tokens' embedding rows, input and output, for this many steps with everything else "
                   "fixed; then train as chosen (stage 2). 0: no stage 1."},
     )
+    new_embeddings_learning_rate: Optional[float] = field(
+        default=None,
+        metadata={"help": "Stage 1's learning rate (only the new rows train, so it can be higher than "
+                  "--learning_rate). Default: --learning_rate."},
+    )
     debug_mode: bool = field(
         default=False,
         metadata={"help": "Quick check of a setup: read at most 1000 documents and log the first training row "
@@ -521,6 +526,8 @@ class PretrainTrainingArguments(TrainingArguments):
             raise UserError("--peft_path continues a LoRA adapter; it cannot be combined with --full_finetuning")
         if self.new_embeddings_steps < 0:
             raise UserError(f"--new_embeddings_steps {self.new_embeddings_steps}: must be 0 (off) or more")
+        if self.new_embeddings_learning_rate is not None and self.new_embeddings_learning_rate <= 0:
+            raise UserError(f"--new_embeddings_learning_rate {self.new_embeddings_learning_rate}: must be above 0")
         if self.freeze_modules and not self.full_finetuning:
             raise UserError("--freeze_modules applies to --full_finetuning; with LoRA only --trainable and "
                             "--modules_to_save are trained")

@@ -362,9 +362,10 @@ def train_new_embeddings(model, num_old, training_args, train_dataset, tokenizer
     hooks = [w.register_hook(lambda grad: grad * mask.to(grad.device, grad.dtype)) for w in weights]
     args = copy.copy(training_args)
     args.max_steps, args.weight_decay, args.load_best_model_at_end = training_args.new_embeddings_steps, 0.0, False
+    args.learning_rate = training_args.new_embeddings_learning_rate or training_args.learning_rate
     args.save_strategy = args.eval_strategy = IntervalStrategy.NO
-    logger.info("Stage 1: training only the %d new embedding rows for %d steps", weights[0].shape[0] - num_old,
-                args.max_steps)
+    logger.info("Stage 1: training only the %d new embedding rows for %d steps at learning rate %g",
+                weights[0].shape[0] - num_old, args.max_steps, args.learning_rate)
     PretrainTrainer(model=model, args=args, train_dataset=train_dataset, processing_class=tokenizer,
                     data_collator=PackedCollator(pad_token_id=tokenizer.pad_token_id)).train()
     for hook in hooks:

@@ -153,6 +153,17 @@ def test_main_runs_stage_one_before_stage_two(tiny_model_dir, extended_dir, data
     assert trainer.state.global_step == 2  # stage 2 counts its own steps
 
 
+def test_stage_one_takes_its_own_learning_rate(tiny_model_dir, extended_dir, data_dir, tmp_path, monkeypatch):
+    rates, real = [], pretrain.PretrainTrainer.train
+    monkeypatch.setattr(pretrain.PretrainTrainer, "train", lambda self, *a, **k: rates.append(
+        self.args.learning_rate) or real(self, *a, **k))
+    run(tiny_model_dir, extended_dir, data_dir, tmp_path / "lr", "--full_finetuning", "--new_embeddings_steps", "1",
+        "--new_embeddings_learning_rate", "0.02", "--learning_rate", "0.001")
+    assert rates == [0.02, 0.001]  # stage 1, then stage 2
+    with pytest.raises(UserError, match="--new_embeddings_learning_rate 0.0: must be above 0"):
+        run(tiny_model_dir, extended_dir, data_dir, tmp_path / "x", "--new_embeddings_learning_rate", "0")
+
+
 def test_stage_one_needs_a_grown_vocabulary(tiny_model_dir, data_dir, tmp_path):
     with pytest.raises(UserError, match="--new_embeddings_steps trains the rows of new tokens, and there are none"):
         run(tiny_model_dir, tiny_model_dir, data_dir, tmp_path / "x", "--full_finetuning", "--new_embeddings_steps", "2")
