@@ -955,7 +955,8 @@ class PreparationWorkers:
             return self.pool.apply_async(run_in_worker, (function, item)).get
         if self.thread is not None:
             return self.thread.submit(function, item, self.context).result
-        return functools.partial(lambda result: result, function(item, self.context))
+        result = function(item, self.context)
+        return lambda: result
 
 
 _WORKER_CONTEXT = {}  # in a PreparationWorkers process: its context, set once as it starts
