@@ -327,7 +327,8 @@ def test_txt_read_in_blocks_equals_reading_it_whole_and_names_the_bad_line(tmp_p
     whole = split_text_documents(text)
     assert list(read_documents(str(tmp_path / "x.txt"))) == whole and len(whole) == 300
     for path, start, end in data_utils.data_shards([str(tmp_path / "x.txt")], 5):
-        assert list(read_documents(path, start=start, end=end)) == split_text_documents(text.encode()[start:end].decode())
+        piece = text.encode()[start:end].decode()
+        assert list(read_documents(path, start=start, end=end)) == split_text_documents(piece)
     broken = text.encode().replace(b"document 250\r\n", b"document 250\xff\r\n")
     (tmp_path / "x.txt").write_bytes(broken)
     at = broken.index(b"\xff")
