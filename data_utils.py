@@ -540,8 +540,11 @@ class Documents:
 
     def split(self, validation_percentage):
         """(train, validation) as split_documents splits the texts."""
+        held = held_out_indices(self.texts, validation_percentage)
+        if not held:  # nothing held out (the usual --validation_split_percentage 0): no copy of the tokens
+            return self, Documents.joined([])
         keep = np.ones(len(self.texts), dtype=bool)
-        keep[list(held_out_indices(self.texts, validation_percentage))] = False
+        keep[list(held)] = False
         return self.subset(keep), self.subset(~keep)
 
 
