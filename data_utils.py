@@ -364,14 +364,24 @@ def read_whole_file(path, text_column):
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
-def clean_text(text):
-    """NFC-normalize, unify line ends, drop control characters (tabs and newlines stay), strip.
+def clean_text(text, stats=None):
+    """NFC-normalize, unify line ends, drop control characters (tabs and newlines stay), strip. stats: counts
+    the documents NFC changed and those that had control characters. Each step scans the text only where an
+    earlier check found something to do.
 
     >>> clean_text(" Vie\\u0302\\u0323t\\x00 \\r\\n")
     'Việt'
     """
-    text = unicodedata.normalize("NFC", text.replace("\r\n", "\n").replace("\r", "\n"))
-    return _CONTROL.sub("", text).strip()
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if normalized := not unicodedata.is_normalized("NFC", text):
+        text = unicodedata.normalize("NFC", text)
+    if controls := _CONTROL.search(text) is not None:
+        text = _CONTROL.sub("", text)
+    if stats is not None:
+        stats["normalized_nfc"] += normalized
+        stats["removed_control_chars"] += controls
+    return text.strip()
 
 
 def clean_documents(texts, stats, min_chars=1, near_duplicates=None):
@@ -393,9 +403,7 @@ def cleaned_documents(texts, stats, min_chars=1):
     clean_documents that needs no other document, so shards of a corpus can run it apart."""
     for text in texts:
         stats["read"] += 1
-        stats["normalized_nfc"] += not unicodedata.is_normalized("NFC", text)
-        stats["removed_control_chars"] += bool(_CONTROL.search(text.replace("\r\n", "\n").replace("\r", "\n")))
-        text = clean_text(text)
+        text = clean_text(text, stats)
         reason = "empty" if not text else "short" if len(text) < min_chars else None
         if reason:
             stats[f"dropped_{reason}"] += 1
@@ -498,17 +506,25 @@ def tokenize_documents(texts, tokenizer):
     >>> tokenize_documents(["hi"], tok)  # a tokenizer without BOS, hi -> 7, eos -> 2
     [[7, 2]]
     """
+    return list(ids_ending_in_eos(encode_documents(texts, tokenizer), tokenizer.eos_token_id))
+
+
+def encode_documents(texts, tokenizer):
+    """The tokenizer's output for each document, before ids_ending_in_eos reads the ids out of it."""
     if tokenizer.eos_token_id is None:
         raise UserError("the tokenizer has no EOS token; documents could not be separated. Give a tokenizer "
                         "with an eos_token")
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None and backend.truncation is None and backend.padding is None:
         # the Rust tokenizer straight: transformers' wrapper would also build attention masks we never use
-        encoded = [e.ids for e in backend.encode_batch_fast(list(texts), add_special_tokens=True)]
-    else:
-        encoded = tokenizer(list(texts), add_special_tokens=True, verbose=False)["input_ids"]
-    eos = tokenizer.eos_token_id
-    return [ids if ids and ids[-1] == eos else ids + [eos] for ids in encoded]
+        return backend.encode_batch_fast(list(texts), add_special_tokens=True)
+    return tokenizer(list(texts), add_special_tokens=True, verbose=False)["input_ids"]
+
+
+def ids_ending_in_eos(encoded, eos):
+    for item in encoded:
+        ids = item if isinstance(item, list) else item.ids
+        yield ids if ids and ids[-1] == eos else ids + [eos]
 
 
 @dataclass
@@ -522,9 +538,28 @@ class Documents:
     @classmethod
     def tokenized(cls, texts, context):
         """texts and their tokens. context: {"tokenizer": ...}, as PreparationWorkers gives it."""
-        ids = tokenize_documents(texts, context["tokenizer"]) if texts else []
-        lengths = np.fromiter(map(len, ids), dtype=np.int32, count=len(ids))
-        values = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=int(lengths.sum()))
+        return cls.from_encoded(cls.encoded(texts, context), context)
+
+    @staticmethod
+    def encoded(texts, context):
+        """The first half of tokenized, the part that runs in the tokenizer: (texts, encode_documents')."""
+        return texts, encode_documents(texts, context["tokenizer"]) if texts else []
+
+    @classmethod
+    def from_encoded(cls, encoded, context):
+        """The second half of tokenized, in Python: the ids read out into arrays."""
+        texts, items = encoded
+        eos = context["tokenizer"].eos_token_id
+        ids = [item if isinstance(item, list) else item.ids for item in items]
+        add_eos = np.fromiter((not x or x[-1] != eos for x in ids), dtype=bool, count=len(ids))
+        lengths = np.fromiter(map(len, ids), dtype=np.int32, count=len(ids)) + add_eos
+        ends = np.cumsum(lengths, dtype=np.int64)
+        values = np.empty(int(ends[-1]) if len(ends) else 0, dtype=np.int32)
+        start = 0
+        for x, end in zip(ids, ends.tolist()):  # numpy reads each list in C: twice as fast as one flat iterator
+            values[start:start + len(x)] = x
+            start = end
+        values[ends[add_eos] - 1] = eos
         return cls(list(texts), values, lengths)
 
     @classmethod
@@ -557,11 +592,16 @@ def pack_token_array(values, doc_lengths, block_size):
     """
     n = len(values)
     index = np.int32 if n < 2**31 else np.int64
-    doc_starts = (np.cumsum(doc_lengths, dtype=np.int64) - doc_lengths).astype(index)
-    in_document = np.arange(n, dtype=index) - np.repeat(doc_starts, doc_lengths)
-    in_row = np.tile(np.arange(block_size, dtype=index), -(-n // block_size))[:n]
-    positions = np.minimum(in_document, in_row).astype(np.int32)  # a position restarts at a document or a row
-    return np.append(np.arange(0, n, block_size), n) if n else np.zeros(1, dtype=np.int64), positions
+    # the position in the document, then at most the position in the row: a position restarts at either. Two
+    # arrays of n and in-place steps: on big corpora the time goes to touching fresh memory, not arithmetic
+    positions = np.arange(n, dtype=index)
+    positions -= np.repeat((np.cumsum(doc_lengths, dtype=np.int64) - doc_lengths).astype(index), doc_lengths)
+    full = n - n % block_size
+    rows = positions[:full].reshape(-1, block_size)
+    np.minimum(rows, np.arange(block_size, dtype=index), out=rows)
+    np.minimum(positions[full:], np.arange(n - full, dtype=index), out=positions[full:])
+    return np.append(np.arange(0, n, block_size), n) if n else np.zeros(1, dtype=np.int64), positions.astype(
+        np.int32, copy=False)
 
 
 def iter_packed_rows(token_lists, block_size):
@@ -953,13 +993,20 @@ class PreparationWorkers:
             return (function(item, self.context) for item in items)
         return self.pool.imap(functools.partial(run_in_worker, function), items)
 
-    def submit(self, function, item):
+    def submit(self, function, item, then=None):
+        """then(result, context), where given, finishes the result where it is read: in the worker process, or
+        here when the returned callable is called, while the thread already runs the next item."""
         if self.pool is not None:
-            return self.pool.apply_async(run_in_worker, (function, item)).get
+            return self.pool.apply_async(run_in_worker, (function, item, then)).get
         if self.thread is not None:
-            return self.thread.submit(function, item, self.context).result
-        result = function(item, self.context)
+            future = self.thread.submit(function, item, self.context)
+            return lambda: finish(future.result(), then, self.context)
+        result = finish(function(item, self.context), then, self.context)
         return lambda: result
+
+
+def finish(result, then, context):
+    return result if then is None else then(result, context)
 
 
 _WORKER_CONTEXT = {}  # in a PreparationWorkers process: its context, set once as it starts
@@ -969,8 +1016,8 @@ def start_worker(context):
     _WORKER_CONTEXT.update(context)
 
 
-def run_in_worker(function, item):
-    return function(item, _WORKER_CONTEXT)
+def run_in_worker(function, item, then=None):
+    return finish(function(item, _WORKER_CONTEXT), then, _WORKER_CONTEXT)
 
 
 def clean_shard(shard, context, limit=None):
@@ -1006,8 +1053,9 @@ def read_clean_documents(paths, data_args, stats, workers, max_documents=None, e
     tokenized, seen, near = [], set(), near_duplicates(data_args)
     for texts, digests, part_stats in parts:
         stats.update(part_stats)
-        tokenized.append(workers.submit(Documents.tokenized,
-                                        list(unique_documents(zip(texts, digests), stats, near, seen))))
+        # the tokenizer's work on a shard, then reading its ids out here while the next shard is encoded
+        kept = list(unique_documents(zip(texts, digests), stats, near, seen))
+        tokenized.append(workers.submit(Documents.encoded, kept, then=Documents.from_encoded))
     return Documents.joined(result() for result in tokenized)
 
 
@@ -1023,19 +1071,14 @@ def describe_documents(stats):
                      [("dropped: " + ", ".join(dropped)) if dropped else "none dropped"] + skipped + changed)
 
 
-def packed_rows(documents, block_size):
-    """Documents' tokens packed into a Dataset of rows, without a Python loop over tokens."""
-    values, lengths = documents.values, documents.lengths
-    row_offsets, positions = pack_token_array(values, lengths, block_size)
+def packed_rows(documents, block_size, fingerprint):
+    """Documents' tokens packed into a Dataset of rows, without a Python loop over tokens. fingerprint: the
+    datasets fingerprint of the rows, a hash of everything they follow from (prepare_datasets' cache key)."""
+    row_offsets, positions = pack_token_array(documents.values, documents.lengths, block_size)
     offsets = pa.array(row_offsets.astype(np.int32))
-    table = pa.table({"input_ids": pa.ListArray.from_arrays(offsets, pa.array(values)),
+    table = pa.table({"input_ids": pa.ListArray.from_arrays(offsets, pa.array(documents.values)),
                       "position_ids": pa.ListArray.from_arrays(offsets, pa.array(positions))})
-    # the rows follow from the tokens, their documents' lengths and block_size: hashing those is a few times
-    # cheaper than datasets hashing the whole table
-    digest = hashlib.blake2b(values, digest_size=16)
-    digest.update(lengths)
-    digest.update(str(block_size).encode())
-    return datasets.Dataset(table, fingerprint=digest.hexdigest())
+    return datasets.Dataset(table, fingerprint=fingerprint)
 
 
 @contextlib.contextmanager
@@ -1061,7 +1104,7 @@ def split_stats(name, rows, texts):
             f"{name}_bytes": sum(len(t.encode("utf-8")) for t in texts)}
 
 
-def build_datasets(data_args, tokenizer, block_size, max_documents=None, extra=None):
+def build_datasets(data_args, tokenizer, block_size, fingerprint, max_documents=None, extra=None):
     stats = Counter()
     with PreparationWorkers(data_args.preprocessing_num_workers, tokenizer=tokenizer, data_args=data_args) as workers:
         train_docs = read_clean_documents(data_args.training_paths, data_args, stats, workers, max_documents, extra)
@@ -1081,7 +1124,7 @@ def build_datasets(data_args, tokenizer, block_size, max_documents=None, extra=N
         splits = {}
         for name, docs in documents.items():
             if docs.texts:
-                splits[name] = packed_rows(docs, block_size)
+                splits[name] = packed_rows(docs, block_size, f"{fingerprint}-{name}")
                 stats.update(split_stats(name, splits[name], docs.texts))
     return datasets.DatasetDict(splits), dict(stats)
 
@@ -1105,7 +1148,8 @@ def prepare_datasets(data_args, tokenizer, block_size, max_documents=None):
         logger.info("Using the prepared data cached in %s (no tokenization needed)", target)
         with open(os.path.join(target, "prepare_stats.json")) as f:
             return datasets.load_from_disk(target), json.load(f)
-    dataset_dict, stats = build_datasets(data_args, tokenizer, block_size, max_documents, extra)
+    dataset_dict, stats = build_datasets(data_args, tokenizer, block_size, os.path.basename(target),
+                                         max_documents, extra)
     os.makedirs(os.path.dirname(target), exist_ok=True)
     save_atomically(dataset_dict, stats, target)
     logger.info("Prepared data cached in %s: %s", target, stats)

@@ -179,6 +179,25 @@ def test_bos_when_the_tokenizer_adds_one(tiny_tokenizer_dir):
     assert ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id
 
 
+
+@pytest.mark.parametrize("template", [None, "$A </s>"])
+def test_documents_arrays_equal_tokenize_documents(tiny_tokenizer_dir, template):
+    """Documents' arrays hold tokenize_documents' ids end to end, whether the tokenizer appends EOS or not."""
+    from tokenizers import processors
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    if template:
+        tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
+            single=template, special_tokens=[("</s>", tok.eos_token_id)])
+    texts = ["The quick fox", "x", "", "def main():\n    return 0"]
+    expected = tokenize_documents(texts, tok)
+    assert (tok(texts[0])["input_ids"][-1] == tok.eos_token_id) == bool(template)
+    assert [ids.count(tok.eos_token_id) for ids in expected] == [1, 1, 1, 1]
+    documents = data_utils.Documents.tokenized(texts, {"tokenizer": tok})
+    assert documents.lengths.tolist() == [len(ids) for ids in expected]
+    assert documents.values.tolist() == sum(expected, [])
+
 # --- the whole path and its cache ---------------------------------------------------------------------------
 
 def data_args(corpus_dir, cache, **kw):
@@ -262,7 +281,7 @@ def test_prepared_rows_do_not_depend_on_the_number_of_workers(corpus_dir, tmp_pa
     with data_utils.PreparationWorkers(workers, tokenizer=tiny_tokenizer, data_args=args) as pool:
         documents = data_utils.read_clean_documents([corpus_dir], args, Counter(), pool)
     assert documents.texts == docs
-    rows = data_utils.packed_rows(documents, 16)
+    rows = data_utils.packed_rows(documents, 16, "test")
     assert rows["input_ids"] == pack_documents(tokenize_documents(docs, tiny_tokenizer), 16)["input_ids"]
     assert rows["position_ids"] == pack_documents(tokenize_documents(docs, tiny_tokenizer), 16)["position_ids"]
 
