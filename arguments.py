@@ -442,8 +442,9 @@ class PretrainTrainingArguments(TrainingArguments):
     )
     new_embeddings_learning_rate: Optional[float] = field(
         default=None,
-        metadata={"help": "Stage 1's learning rate (only the new rows train, so it can be higher than "
-                  "--learning_rate). Default: --learning_rate."},
+        metadata={"help": "Learning rate of the new tokens' embedding rows (a grown vocabulary), in stage 1 and in "
+                  "the training after it, on the run's schedule: they start from a guess, the rest from training, "
+                  "so they can move faster (docs/benchmarks.md). Not with --deepspeed. Default: --learning_rate."},
     )
     debug_mode: bool = field(
         default=False,
@@ -528,6 +529,9 @@ class PretrainTrainingArguments(TrainingArguments):
             raise UserError(f"--new_embeddings_steps {self.new_embeddings_steps}: must be 0 (off) or more")
         if self.new_embeddings_learning_rate is not None and self.new_embeddings_learning_rate <= 0:
             raise UserError(f"--new_embeddings_learning_rate {self.new_embeddings_learning_rate}: must be above 0")
+        if self.new_embeddings_learning_rate is not None and self.deepspeed:
+            raise UserError("--new_embeddings_learning_rate does not work with --deepspeed (DeepSpeed updates its own "
+                            "copy of the weights, not rows of them); drop one of the two")
         if self.freeze_modules and not self.full_finetuning:
             raise UserError("--freeze_modules applies to --full_finetuning; with LoRA only --trainable and "
                             "--modules_to_save are trained")

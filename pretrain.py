@@ -50,9 +50,16 @@ class PretrainTrainer(Trainer):
     bits per byte = mean loss x scored tokens / bytes / ln 2, comparable across tokenizers.
     """
 
-    def __init__(self, *args, eval_sizes=None, train_in_order=False, **kwargs):
+    def __init__(self, *args, eval_sizes=None, train_in_order=False, new_rows=None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.eval_sizes, self.train_in_order = eval_sizes or {}, train_in_order
+        self.eval_sizes, self.train_in_order, self.new_rows = eval_sizes or {}, train_in_order, new_rows
+
+    def create_optimizer(self, model=None):
+        created = self.optimizer is None
+        optimizer = super().create_optimizer(model)
+        if created and self.new_rows is not None:
+            self.new_rows.attach(optimizer)
+        return optimizer
 
     def _save_checkpoint(self, model, trial):
         # The Trainer deletes old checkpoints (--save_total_limit) as soon as the main process has written
@@ -375,6 +382,41 @@ def train_new_embeddings(model, num_old, training_args, train_dataset, tokenizer
     return model
 
 
+class NewRowsLearningRate:
+    """--new_embeddings_learning_rate after stage 1: each optimizer step moves the new tokens' rows (num_old and
+    up) of every trainable weight with a row per token `factor` times as far as the optimizer did, so they
+    learn at factor x the run's learning rate, on its schedule, and every other weight as before. Step hooks
+    on the optimizer, which holds the weights themselves (not so under DeepSpeed, refused in arguments)."""
+
+    def __init__(self, model, num_old, factor):
+        vocab = model.get_input_embeddings().weight.shape[0]
+        self.weights = [p for p in model.parameters() if p.requires_grad and p.dim() == 2 and p.shape[0] == vocab]
+        self.num_old, self.factor, self.before = num_old, factor, []
+
+    def attach(self, optimizer):
+        optimizer.register_step_pre_hook(self.remember)
+        optimizer.register_step_post_hook(self.scale)
+
+    def remember(self, optimizer, args, kwargs):
+        self.before = [w.detach()[self.num_old:].clone() for w in self.weights]
+
+    @torch.no_grad()
+    def scale(self, optimizer, args, kwargs):
+        for weight, before in zip(self.weights, self.before):
+            rows = weight[self.num_old:]
+            rows += (self.factor - 1) * (rows - before)
+
+
+def new_rows_learning_rate(model, num_old, training_args):
+    """NewRowsLearningRate for the run, or None (no new rows, or no rate of their own)."""
+    rate = training_args.new_embeddings_learning_rate
+    if rate is None or model.get_input_embeddings().weight.shape[0] <= num_old:
+        return None
+    logger.info("New tokens' embedding rows train at learning rate %g, the rest at %g", rate,
+                training_args.learning_rate)
+    return NewRowsLearningRate(model, num_old, rate / training_args.learning_rate)
+
+
 def log_trainable(model):
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
@@ -535,9 +577,11 @@ def check_vocabulary(model_args, config, tokenizer, training_args):
     """The model's own tokenizer when the vocabulary grows (else None), after every check that needs no weights."""
     check_vocabulary_growth(config, tokenizer, training_args)
     base_tokenizer = load_base_tokenizer(model_args, config, tokenizer)
-    if training_args.new_embeddings_steps and base_tokenizer is None:
-        raise UserError("--new_embeddings_steps trains the rows of new tokens, and there are none: give "
-                        "--tokenizer_name_or_path an extended tokenizer (extend_tokenizer.py) larger than the model")
+    for flag in ("new_embeddings_steps", "new_embeddings_learning_rate"):
+        if getattr(training_args, flag) and base_tokenizer is None:
+            raise UserError(f"--{flag} is for the rows of new tokens, and there are none: give "
+                            "--tokenizer_name_or_path an extended tokenizer (extend_tokenizer.py) larger than the "
+                            "model")
     return base_tokenizer
 
 
@@ -582,12 +626,14 @@ def main(argv=None):
     resume_streaming_position(train_dataset, resume, training_args)
 
     init_distributed_for_zero3(training_args)
+    num_old = model_vocab_size(config)  # before the model loads and grows
     model = trainable_model(model_args, config, tokenizer, base_tokenizer, training_args,
                             train_dataset if resume is None else None)
     trainer = PretrainTrainer(model=model, args=training_args, train_dataset=train_dataset,
                               eval_dataset=eval_dataset, eval_sizes=eval_sizes, processing_class=tokenizer,
                               data_collator=data_collator(model_args, tokenizer),
-                              train_in_order=bool(data_args.curriculum))
+                              train_in_order=bool(data_args.curriculum),
+                              new_rows=new_rows_learning_rate(model, num_old, training_args))
     if training_args.do_train:
         result = trainer.train(resume_from_checkpoint=resume)
         if isinstance(train_dataset, StreamingRows):

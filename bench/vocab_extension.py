@@ -1,8 +1,8 @@
 """Vocabulary extension for Vietnamese on SmolLM2-135M: tokens per byte, bits per byte before any training, and
 bits per byte after the same short training with and without the extension.
 
-    python bench/vocab_extension.py --output_dir outputs/vocab_bench [--num_new_tokens 1000] [--max_steps 15] \
-        [--first_piece_weight 0.7]
+    python bench/vocab_extension.py --output_dir outputs/vocab_bench [--num_new_tokens 1000] [--max_steps 45] \
+        [--first_piece_weight 0.7] [--new_embeddings_learning_rate 3e-3]
 
 The Vietnamese man pages are split by document hash (10% held out, as extend_tokenizer.py and pretrain.py
 split); new tokens are learned on the rest, and every Vietnamese figure is measured on the held-out pages.
@@ -32,7 +32,10 @@ def parse_args(argv):
     parser.add_argument("--first_piece_weight", type=float, default=0.7,
                         help="New rows: the mean of the pieces' rows weighted towards the first piece "
                         "(pretrain.py --new_token_first_piece_weight); 0: the plain mean.")
-    parser.add_argument("--max_steps", type=int, default=15, help="Training steps of each of the two runs.")
+    parser.add_argument("--new_embeddings_learning_rate", type=float, default=3e-3,
+                        help="The extended run's learning rate for the new rows (pretrain.py's flag; the runs' "
+                        "rate is 3e-4); 0: the run's.")
+    parser.add_argument("--max_steps", type=int, default=45, help="Training steps of each of the two runs.")
     parser.add_argument("--eval_chars", type=int, default=1000,
                         help="Characters of each held-out page scored for bits per byte (CPU time).")
     parser.add_argument("--english_docs", type=int, default=100, help="Last English documents scored.")
@@ -95,8 +98,10 @@ def after_training(args, tokenizer_dir, train_texts, sets):
     os.makedirs(data, exist_ok=True)
     write_jsonl(os.path.join(data, "train.jsonl"), train_texts)
     results = {}
-    weight = ["--new_token_first_piece_weight", str(args.first_piece_weight)] if args.first_piece_weight else []
-    for name, tokenizer, extra in (("trained_base", args.model, []), ("trained_extended", tokenizer_dir, weight)):
+    extended = ["--new_token_first_piece_weight", str(args.first_piece_weight)] if args.first_piece_weight else []
+    if args.new_embeddings_learning_rate:
+        extended += ["--new_embeddings_learning_rate", str(args.new_embeddings_learning_rate)]
+    for name, tokenizer, extra in (("trained_base", args.model, []), ("trained_extended", tokenizer_dir, extended)):
         out = train(args, tokenizer, data, name, *extra)
         results[name] = bpb(AutoModelForCausalLM.from_pretrained(out), AutoTokenizer.from_pretrained(out),
                             {"vi": sets["vi"]})["vi"]

@@ -165,5 +165,47 @@ def test_stage_one_takes_its_own_learning_rate(tiny_model_dir, extended_dir, dat
 
 
 def test_stage_one_needs_a_grown_vocabulary(tiny_model_dir, data_dir, tmp_path):
-    with pytest.raises(UserError, match="--new_embeddings_steps trains the rows of new tokens, and there are none"):
+    with pytest.raises(UserError, match="--new_embeddings_steps is for the rows of new tokens, and there are none"):
         run(tiny_model_dir, tiny_model_dir, data_dir, tmp_path / "x", "--full_finetuning", "--new_embeddings_steps", "2")
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_new_rows_train_at_their_own_learning_rate(tiny_model_dir, extended_dir, data_dir, tmp_path, lora):
+    """One step from the same start: with --new_embeddings_learning_rate 10x the run's, the new rows move exactly
+    10x as far, and every other weight, old rows included, exactly as far as without it."""
+    mode = ["--modules_to_save", "embed_tokens,lm_head"] if lora else ["--full_finetuning"]
+    plain = run(tiny_model_dir, extended_dir, data_dir, tmp_path / "plain", "--max_steps", "1", *mode)
+    fast = run(tiny_model_dir, extended_dir, data_dir, tmp_path / "fast", "--max_steps", "1", *mode,
+               "--new_embeddings_learning_rate", "0.1")
+    start = AutoModelForCausalLM.from_pretrained(tiny_model_dir).get_input_embeddings().weight
+    num_old = start.shape[0]
+    plain_rows, fast_rows = plain.model.get_input_embeddings().weight, fast.model.get_input_embeddings().weight
+    if lora:  # the trained copy peft keeps beside the frozen original
+        plain_rows, fast_rows = (m.get_input_embeddings().modules_to_save["default"].weight
+                                 for m in (plain.model, fast.model))
+    from arguments import parse_args
+
+    model_args, _, training_args = parse_args(["--model_name_or_path", tiny_model_dir, "--tokenizer_name_or_path",
+                                               extended_dir, "--output_dir", str(tmp_path / "g"), "--full_finetuning"])
+    config, tokenizer = pretrain.load_config(model_args), pretrain.load_tokenizer(model_args)
+    grown = pretrain.load_model(model_args, config, tokenizer,
+                                pretrain.check_vocabulary(model_args, config, tokenizer, training_args))
+    initial = grown.get_input_embeddings().weight.detach()
+    moved_plain, moved_fast = plain_rows.detach() - initial, fast_rows.detach() - initial
+    assert moved_plain[num_old:].abs().sum() > 0
+    torch.testing.assert_close(moved_fast[num_old:], 10 * moved_plain[num_old:], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(moved_fast[:num_old], moved_plain[:num_old], rtol=0, atol=0)
+    others = {n: p for n, p in plain.model.named_parameters() if p.shape[0] != initial.shape[0]}
+    for name, param in fast.model.named_parameters():
+        if name in others:
+            torch.testing.assert_close(param, others[name], rtol=0, atol=0)
+
+
+def test_new_rows_learning_rate_needs_new_rows_and_no_deepspeed(tiny_model_dir, data_dir, extended_dir, tmp_path):
+    with pytest.raises(UserError, match="--new_embeddings_learning_rate is for the rows of new tokens"):
+        run(tiny_model_dir, tiny_model_dir, data_dir, tmp_path / "x", "--full_finetuning",
+            "--new_embeddings_learning_rate", "0.1")
+    with pytest.raises(UserError, match="--new_embeddings_learning_rate does not work with --deepspeed"):
+        run(tiny_model_dir, extended_dir, data_dir, tmp_path / "y", "--full_finetuning",
+            "--new_embeddings_learning_rate", "0.1", "--deepspeed",
+            os.path.join(os.path.dirname(pretrain.__file__), "ds_configs", "zero2_no_offload.json"))
