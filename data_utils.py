@@ -521,10 +521,13 @@ def encode_documents(texts, tokenizer):
     return tokenizer(list(texts), add_special_tokens=True, verbose=False)["input_ids"]
 
 
+def encoded_ids(encoded):
+    """The id lists of encode_documents' output (Rust encodings or lists already)."""
+    return [item if isinstance(item, list) else item.ids for item in encoded]
+
+
 def ids_ending_in_eos(encoded, eos):
-    for item in encoded:
-        ids = item if isinstance(item, list) else item.ids
-        yield ids if ids and ids[-1] == eos else ids + [eos]
+    return (ids if ids and ids[-1] == eos else ids + [eos] for ids in encoded_ids(encoded))
 
 
 @dataclass
@@ -550,7 +553,7 @@ class Documents:
         """The second half of tokenized, in Python: the ids read out into arrays."""
         texts, items = encoded
         eos = context["tokenizer"].eos_token_id
-        ids = [item if isinstance(item, list) else item.ids for item in items]
+        ids = encoded_ids(items)
         add_eos = np.fromiter((not x or x[-1] != eos for x in ids), dtype=bool, count=len(ids))
         lengths = np.fromiter(map(len, ids), dtype=np.int32, count=len(ids)) + add_eos
         ends = np.cumsum(lengths, dtype=np.int64)

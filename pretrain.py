@@ -585,10 +585,10 @@ def check_vocabulary(model_args, config, tokenizer, training_args):
     return base_tokenizer
 
 
-def trainable_model(model_args, config, tokenizer, base_tokenizer, training_args, stage_one_data=None):
-    """The model ready for the Trainer: loaded (embeddings grown to the tokenizer), stage 1 trained on
-    stage_one_data when asked (not when resuming: the checkpoint has it), then LoRA-wrapped or partly frozen."""
-    num_old = model_vocab_size(config)  # read before load_model: resizing updates the config
+def trainable_model(model_args, config, tokenizer, base_tokenizer, training_args, num_old, stage_one_data=None):
+    """The model ready for the Trainer: loaded (embeddings grown to the tokenizer from num_old rows), stage 1
+    trained on stage_one_data when asked (not when resuming: the checkpoint has it), then LoRA-wrapped or
+    partly frozen."""
     model = load_model(model_args, config, tokenizer, base_tokenizer)
     if training_args.new_embeddings_steps and training_args.do_train and stage_one_data is not None:
         train_new_embeddings(model, num_old, training_args, stage_one_data, tokenizer)
@@ -626,8 +626,8 @@ def main(argv=None):
     resume_streaming_position(train_dataset, resume, training_args)
 
     init_distributed_for_zero3(training_args)
-    num_old = model_vocab_size(config)  # before the model loads and grows
-    model = trainable_model(model_args, config, tokenizer, base_tokenizer, training_args,
+    num_old = model_vocab_size(config)  # read before the model loads: growing it updates the config
+    model = trainable_model(model_args, config, tokenizer, base_tokenizer, training_args, num_old,
                             train_dataset if resume is None else None)
     trainer = PretrainTrainer(model=model, args=training_args, train_dataset=train_dataset,
                               eval_dataset=eval_dataset, eval_sizes=eval_sizes, processing_class=tokenizer,

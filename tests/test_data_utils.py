@@ -179,7 +179,6 @@ def test_bos_when_the_tokenizer_adds_one(tiny_tokenizer_dir):
     assert ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id
 
 
-
 @pytest.mark.parametrize("template", [None, "$A </s>"])
 def test_documents_arrays_equal_tokenize_documents(tiny_tokenizer_dir, template):
     """Documents' arrays hold tokenize_documents' ids end to end, whether the tokenizer appends EOS or not."""
@@ -197,6 +196,7 @@ def test_documents_arrays_equal_tokenize_documents(tiny_tokenizer_dir, template)
     documents = data_utils.Documents.tokenized(texts, {"tokenizer": tok})
     assert documents.lengths.tolist() == [len(ids) for ids in expected]
     assert documents.values.tolist() == sum(expected, [])
+
 
 # --- the whole path and its cache ---------------------------------------------------------------------------
 

@@ -96,18 +96,22 @@ def test_merge_lora_writes_a_model_with_the_new_vocabulary(lora_run, tiny_model_
     torch.testing.assert_close(logits(merged, ids), logits(trainer.model, ids), atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("first_piece_weight", [None, 0.7])
-def test_load_model_grows_embeddings_with_mean_rows(tiny_model_dir, extended_dir, tmp_path, first_piece_weight):
+def grown_model(tiny_model_dir, extended_dir, out, *flags):
+    """pretrain.load_model's model for the extended tokenizer, its embeddings grown; and both tokenizers."""
     from arguments import parse_args
 
-    weight_flag = ["--new_token_first_piece_weight", str(first_piece_weight)] if first_piece_weight else []
     model_args, _, training_args = parse_args(["--model_name_or_path", tiny_model_dir, "--tokenizer_name_or_path",
-                                               extended_dir, "--output_dir", str(tmp_path), "--full_finetuning",
-                                               *weight_flag])
+                                               extended_dir, "--output_dir", str(out), "--full_finetuning", *flags])
     config, tokenizer = pretrain.load_config(model_args), pretrain.load_tokenizer(model_args)
     base_tokenizer = pretrain.check_vocabulary(model_args, config, tokenizer, training_args)
+    return pretrain.load_model(model_args, config, tokenizer, base_tokenizer), tokenizer, base_tokenizer
+
+
+@pytest.mark.parametrize("first_piece_weight", [None, 0.7])
+def test_load_model_grows_embeddings_with_mean_rows(tiny_model_dir, extended_dir, tmp_path, first_piece_weight):
+    weight_flag = ["--new_token_first_piece_weight", str(first_piece_weight)] if first_piece_weight else []
     old = AutoModelForCausalLM.from_pretrained(tiny_model_dir).get_input_embeddings().weight
-    model = pretrain.load_model(model_args, config, tokenizer, base_tokenizer)
+    model, tokenizer, base_tokenizer = grown_model(tiny_model_dir, extended_dir, tmp_path, *weight_flag)
     grown = model.get_input_embeddings().weight
     assert grown.shape[0] == len(tokenizer) and torch.equal(grown[:old.shape[0]], old)
     for index, parts in subtoken_ids(base_tokenizer, tokenizer).items():
@@ -177,20 +181,12 @@ def test_new_rows_train_at_their_own_learning_rate(tiny_model_dir, extended_dir,
     plain = run(tiny_model_dir, extended_dir, data_dir, tmp_path / "plain", "--max_steps", "1", *mode)
     fast = run(tiny_model_dir, extended_dir, data_dir, tmp_path / "fast", "--max_steps", "1", *mode,
                "--new_embeddings_learning_rate", "0.1")
-    start = AutoModelForCausalLM.from_pretrained(tiny_model_dir).get_input_embeddings().weight
-    num_old = start.shape[0]
+    num_old = AutoModelForCausalLM.from_pretrained(tiny_model_dir).get_input_embeddings().weight.shape[0]
     plain_rows, fast_rows = plain.model.get_input_embeddings().weight, fast.model.get_input_embeddings().weight
     if lora:  # the trained copy peft keeps beside the frozen original
         plain_rows, fast_rows = (m.get_input_embeddings().modules_to_save["default"].weight
                                  for m in (plain.model, fast.model))
-    from arguments import parse_args
-
-    model_args, _, training_args = parse_args(["--model_name_or_path", tiny_model_dir, "--tokenizer_name_or_path",
-                                               extended_dir, "--output_dir", str(tmp_path / "g"), "--full_finetuning"])
-    config, tokenizer = pretrain.load_config(model_args), pretrain.load_tokenizer(model_args)
-    grown = pretrain.load_model(model_args, config, tokenizer,
-                                pretrain.check_vocabulary(model_args, config, tokenizer, training_args))
-    initial = grown.get_input_embeddings().weight.detach()
+    initial = grown_model(tiny_model_dir, extended_dir, tmp_path / "g")[0].get_input_embeddings().weight.detach()
     moved_plain, moved_fast = plain_rows.detach() - initial, fast_rows.detach() - initial
     assert moved_plain[num_old:].abs().sum() > 0
     torch.testing.assert_close(moved_fast[num_old:], 10 * moved_plain[num_old:], rtol=1e-4, atol=1e-6)
