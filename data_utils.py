@@ -29,6 +29,7 @@ import re
 import shutil
 import unicodedata
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import datasets
@@ -44,7 +45,7 @@ logger = logging.getLogger(__name__)
 TEXT_EXTENSIONS = (".txt", ".jsonl", ".json", ".csv", ".parquet")
 DEFAULT_TEXT_COLUMNS = ("text", "content")
 # Bump when the prepared rows change for the same inputs, so old caches are not reused.
-PREPARED_FORMAT_VERSION = 2  # 2: int32 rows packed from Arrow arrays
+PREPARED_FORMAT_VERSION = 3  # 2: int32 rows packed from Arrow arrays; 3: a stream file a split
 IGNORE_INDEX = -100
 ZERO_IDS = np.zeros(0, dtype=np.int32)
 HISTORY_ROWS = 4096  # resume states kept for the rows a streaming run has taken but not yet trained on
@@ -395,7 +396,7 @@ def clean_documents(texts, stats, min_chars=1, near_duplicates=None):
     {'read': 4, 'normalized_nfc': 1, 'removed_control_chars': 0, 'kept': 1, 'dropped_empty': 1, 'dropped_short': 1,
      'dropped_duplicate': 1}
     """
-    return unique_documents(cleaned_documents(texts, stats, min_chars), stats, near_duplicates)
+    return (text for text, _ in unique_documents(cleaned_documents(texts, stats, min_chars), stats, near_duplicates))
 
 
 def cleaned_documents(texts, stats, min_chars=1):
@@ -409,13 +410,13 @@ def cleaned_documents(texts, stats, min_chars=1):
             stats[f"dropped_{reason}"] += 1
             continue
         # 8-byte digests as ints: about 60 bytes a kept document, the one thing that grows with the corpus
-        yield text, int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
+        yield text, text_digest(text)
 
 
 def unique_documents(cleaned, stats, near_duplicates=None, seen=None):
-    """The texts of cleaned_documents' (text, digest) pairs, in order, each first occurrence of a digest only
-    and, with a NearDuplicates filter, no near duplicate of a text kept before. seen: the digests of earlier
-    parts of the same corpus (updated)."""
+    """cleaned_documents' (text, digest) pairs, in order, each first occurrence of a digest only and, with a
+    NearDuplicates filter, no near duplicate of a text kept before. seen: the digests of earlier parts of the
+    same corpus (updated)."""
     seen = set() if seen is None else seen
     for text, digest in cleaned:
         reason = "duplicate" if digest in seen else None
@@ -426,7 +427,7 @@ def unique_documents(cleaned, stats, near_duplicates=None, seen=None):
             stats[f"dropped_{reason}"] += 1
             continue
         stats["kept"] += 1
-        yield text
+        yield text, digest
 
 
 class NearDuplicates:
@@ -464,9 +465,14 @@ def cleaner(data_args):
     return lambda texts, stats: clean_documents(texts, stats, data_args.min_doc_chars, near)
 
 
+def text_digest(text):
+    """A document's 8-byte hash as an int: the same on every run and machine, whatever the seed."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
+
+
 def document_hash_fraction(text):
-    """A stable number in [0, 1) for a document: the same on every run and machine, whatever the seed."""
-    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big") / 2**64
+    """A stable number in [0, 1) for a document, from its text_digest."""
+    return text_digest(text) / 2**64
 
 
 def split_documents(texts, validation_percentage):
@@ -479,20 +485,20 @@ def split_documents(texts, validation_percentage):
     (['a', 'b', 'd'], ['c'])
     """
     texts = list(texts)
-    held = held_out_indices(texts, validation_percentage)
-    return [t for i, t in enumerate(texts) if i not in held], [t for i, t in enumerate(texts) if i in held]
+    held = held_out(map(text_digest, texts), validation_percentage)
+    return [t for t, h in zip(texts, held) if not h], [t for t, h in zip(texts, held) if h]
 
 
-def held_out_indices(texts, validation_percentage):
-    """The indices of the documents split_documents holds out (a set)."""
-    if validation_percentage <= 0 or len(texts) < 2:
-        return set()
-    fractions = [document_hash_fraction(t) for t in texts]
-    held = {i for i, f in enumerate(fractions) if f < validation_percentage / 100}
-    if not held:
-        held = {min(range(len(texts)), key=fractions.__getitem__)}
-    if len(held) == len(texts):
-        held.discard(max(held, key=fractions.__getitem__))
+def held_out(digests, validation_percentage):
+    """Which documents split_documents holds out (a boolean array), from their text_digests in order."""
+    fractions = np.fromiter(digests, dtype=np.uint64).astype(np.float64) / 2**64
+    if validation_percentage <= 0 or len(fractions) < 2:
+        return np.zeros(len(fractions), dtype=bool)
+    held = fractions < validation_percentage / 100
+    if not held.any():
+        held[fractions.argmin()] = True
+    if held.all():
+        held[fractions.argmax()] = False
     return held
 
 
@@ -565,25 +571,12 @@ class Documents:
         values[ends[add_eos] - 1] = eos
         return cls(list(texts), values, lengths)
 
-    @classmethod
-    def joined(cls, parts):
-        parts = list(parts)
-        return cls([t for p in parts for t in p.texts], np.concatenate([p.values for p in parts] or [ZERO_IDS]),
-                   np.concatenate([p.lengths for p in parts] or [ZERO_IDS]))
-
     def subset(self, keep):
         """The documents where the boolean array keep is true, with their tokens."""
+        if keep.all():
+            return self
         return Documents([t for t, k in zip(self.texts, keep) if k], self.values[np.repeat(keep, self.lengths)],
                          self.lengths[keep])
-
-    def split(self, validation_percentage):
-        """(train, validation) as split_documents splits the texts."""
-        held = held_out_indices(self.texts, validation_percentage)
-        if not held:  # nothing held out (the usual --validation_split_percentage 0): no copy of the tokens
-            return self, Documents.joined([])
-        keep = np.ones(len(self.texts), dtype=bool)
-        keep[list(held)] = False
-        return self.subset(keep), self.subset(~keep)
 
 
 def pack_token_array(values, doc_lengths, block_size):
@@ -945,18 +938,6 @@ def default_cache_dir():
     return os.path.join(datasets.config.HF_DATASETS_CACHE, "cpt_prepared")
 
 
-def save_atomically(dataset_dict, stats, target):
-    """Write to a temporary folder and rename it into place, so a crash never leaves a partial cache."""
-    tmp = f"{target}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    dataset_dict.save_to_disk(tmp)
-    with open(os.path.join(tmp, "prepare_stats.json"), "w") as f:
-        json.dump(stats, f, indent=1)
-    if os.path.isdir(target):  # another process finished first, or --overwrite_cache
-        shutil.rmtree(target)
-    os.replace(tmp, target)
-
-
 # ---------------------------------------------------------------------------------------------------------
 # The whole path
 
@@ -1038,12 +1019,21 @@ def cleaned_part(texts, stats, data_args):
     return [t for t, _ in pairs], [d for _, d in pairs], stats
 
 
+@dataclass
+class KeptShard:
+    """One shard's documents that cleaning and dedupe kept, their text_digests, and tokenized(): their
+    Documents, once the tokenizer is done with them (it works on the shards in order, in the background)."""
+    texts: list
+    digests: list
+    tokenized: Callable
+
+
 def read_clean_documents(paths, data_args, stats, workers, max_documents=None, extra=None):
-    """Read every path (and an already loaded dataset `extra`, first), clean, dedupe, tokenize: Documents. At
-    most max_documents read. The workers read and clean shards of the files; here the shards' digests are
-    merged in file order (the first occurrence of a document is kept, as reading the files in one process
-    would) and near duplicates dropped; then the workers tokenize each shard's documents that are kept,
-    while the next shards are read."""
+    """Read every path (and an already loaded dataset `extra`, first), clean, dedupe and start tokenizing: a
+    KeptShard for each shard, in order. At most max_documents read. The workers read and clean shards of the
+    files; here the shards' digests are merged in file order (the first occurrence of a document is kept, as
+    reading the files in one process would) and near duplicates dropped; then the workers tokenize each
+    shard's documents that are kept, while the next shards are read."""
     parts = [] if extra is None else [cleaned_part(itertools.islice(read_table(
         extra, data_args.text_column, data_args.dataset_name), max_documents), Counter(), data_args)]
     shards = data_shards(list_data_files(paths), workers.pieces) if paths else []
@@ -1053,13 +1043,14 @@ def read_clean_documents(paths, data_args, stats, workers, max_documents=None, e
                 parts.append(clean_shard(shard, workers.context, left))
     else:
         parts = itertools.chain(parts, workers.map(clean_shard, shards))
-    tokenized, seen, near = [], set(), near_duplicates(data_args)
+    kept_shards, seen, near = [], set(), near_duplicates(data_args)
     for texts, digests, part_stats in parts:
         stats.update(part_stats)
-        # the tokenizer's work on a shard, then reading its ids out here while the next shard is encoded
         kept = list(unique_documents(zip(texts, digests), stats, near, seen))
-        tokenized.append(workers.submit(Documents.encoded, kept, then=Documents.from_encoded))
-    return Documents.joined(result() for result in tokenized)
+        # the tokenizer's work on a shard, then reading its ids out here while the next shard is encoded
+        tokenized = workers.submit(Documents.encoded, [t for t, _ in kept], then=Documents.from_encoded)
+        kept_shards.append(KeptShard([t for t, _ in kept], [d for _, d in kept], tokenized))
+    return kept_shards
 
 
 def describe_documents(stats):
@@ -1072,16 +1063,6 @@ def describe_documents(stats):
                f"{stats.get('removed_control_chars', 0)} stripped of control characters"]
     return ", ".join([f"{stats.get('read', 0)} read", f"{stats.get('kept', 0)} kept"] +
                      [("dropped: " + ", ".join(dropped)) if dropped else "none dropped"] + skipped + changed)
-
-
-def packed_rows(documents, block_size, fingerprint):
-    """Documents' tokens packed into a Dataset of rows, without a Python loop over tokens. fingerprint: the
-    datasets fingerprint of the rows, a hash of everything they follow from (prepare_datasets' cache key)."""
-    row_offsets, positions = pack_token_array(documents.values, documents.lengths, block_size)
-    offsets = pa.array(row_offsets.astype(np.int32))
-    table = pa.table({"input_ids": pa.ListArray.from_arrays(offsets, pa.array(documents.values)),
-                      "position_ids": pa.ListArray.from_arrays(offsets, pa.array(positions))})
-    return datasets.Dataset(table, fingerprint=fingerprint)
 
 
 @contextlib.contextmanager
@@ -1098,38 +1079,117 @@ def tokenizer_threads(enabled):
             os.environ["TOKENIZERS_PARALLELISM"] = before
 
 
-def split_stats(name, rows, texts):
-    """Rows, tokens, scored tokens (labels that are not -100) and UTF-8 bytes of one prepared split: bits per
-    byte = mean loss x scored tokens / bytes / ln 2."""
-    positions = rows.data.column("position_ids").combine_chunks().values.to_numpy(zero_copy_only=False)
-    return {f"{name}_documents": len(texts), f"{name}_rows": len(rows), f"{name}_tokens": len(positions),
-            f"{name}_scored_tokens": int((positions != 0).sum()),
-            f"{name}_bytes": sum(len(t.encode("utf-8")) for t in texts)}
+ROW_SCHEMA = pa.schema([("input_ids", pa.list_(pa.int32())), ("position_ids", pa.list_(pa.int32()))])
 
 
-def build_datasets(data_args, tokenizer, block_size, fingerprint, max_documents=None, extra=None):
-    stats = Counter()
+class RowWriter:
+    """One split's packed rows, written to an Arrow stream file (datasets.Dataset.from_file reads it) as its
+    documents come, a shard at a time: the rows pack_token_array makes of all of them at once, without
+    holding every token. The tokens after a shard's last full row wait for the next shard. stats(): documents,
+    rows, tokens, scored tokens (labels that are not -100) and UTF-8 bytes of the split: bits per byte = mean
+    loss x scored tokens / bytes / ln 2."""
+
+    def __init__(self, path, block_size, name):
+        self.block_size, self.name = block_size, name
+        self.stack = contextlib.ExitStack()
+        self.writer = self.stack.enter_context(pa.ipc.new_stream(path, ROW_SCHEMA))
+        self.values, self.lengths = ZERO_IDS, ZERO_IDS  # the tokens after the last full row, by document
+        self.counts = Counter(documents=0, rows=0, tokens=0, scored_tokens=0, bytes=0)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return self.stack.__exit__(*exc)
+
+    def add(self, documents):
+        self.counts.update(documents=len(documents.texts), bytes=sum(len(t.encode()) for t in documents.texts))
+        values = np.concatenate([self.values, documents.values])
+        full = len(values) - len(values) % self.block_size
+        before, self.lengths = cut_lengths(np.concatenate([self.lengths, documents.lengths]), full)
+        self.write(values[:full], before)
+        self.values = values[full:]
+
+    def write(self, values, lengths):
+        if not len(values):
+            return
+        offsets, positions = pack_token_array(values, lengths, self.block_size)
+        offsets = pa.array(offsets.astype(np.int32))
+        self.writer.write_batch(pa.record_batch([pa.ListArray.from_arrays(offsets, pa.array(values)),
+                                                 pa.ListArray.from_arrays(offsets, pa.array(positions))],
+                                                schema=ROW_SCHEMA))
+        self.counts.update(rows=len(offsets) - 1, tokens=len(values), scored_tokens=int(np.count_nonzero(positions)))
+
+    def stats(self):
+        """Write the last, shorter row; the split's counts, named {name}_documents and so on."""
+        self.write(self.values, self.lengths)
+        self.values, self.lengths = ZERO_IDS, ZERO_IDS
+        return {f"{self.name}_{k}": v for k, v in self.counts.items()}
+
+
+def cut_lengths(lengths, at):
+    """Documents' lengths cut at token `at` of their tokens end to end: (lengths before it, lengths from it).
+
+    >>> cut_lengths(np.array([3, 2, 5]), 4)
+    (array([3, 1]), array([1, 5]))
+    """
+    ends = np.cumsum(lengths, dtype=np.int64)
+    k = int(np.searchsorted(ends, at, side="right"))  # the first document that ends after `at`
+    start = int(ends[k - 1]) if k else 0
+    before = np.append(lengths[:k], at - start) if at > start else lengths[:k]
+    return before, np.append(ends[k] - at, lengths[k + 1:]) if k < len(lengths) else lengths[k:]
+
+
+def write_rows(folder, block_size, shards, names=("train",), held=None):
+    """Pack and write the rows of KeptShards' documents, each shard's as soon as it is tokenized (while the
+    tokenizer goes on with the next): into folder/{names[0]}.arrow or, where held (a boolean for each
+    document, in order) is true, into folder/{names[1]}.arrow. Returns the splits' stats."""
+    with contextlib.ExitStack() as stack:
+        writers = [stack.enter_context(RowWriter(split_file(folder, name), block_size, name)) for name in names]
+        start = 0
+        for shard in shards:
+            documents = shard.tokenized()
+            if held is None:
+                writers[0].add(documents)
+                continue
+            keep = held[start:start + len(documents.texts)]
+            start += len(documents.texts)
+            writers[0].add(documents.subset(~keep))
+            writers[1].add(documents.subset(keep))
+        return {k: v for writer in writers for k, v in writer.stats().items()}
+
+
+def split_file(folder, name):
+    return os.path.join(folder, f"{name}.arrow")
+
+
+def build_datasets(data_args, tokenizer, block_size, folder, max_documents=None, extra=None):
+    """Prepare every split with documents into folder (train.arrow, validation.arrow, eval_{name}.arrow);
+    returns (their names, stats)."""
+    stats, names = Counter(), []
     with PreparationWorkers(data_args.preprocessing_num_workers, tokenizer=tokenizer, data_args=data_args) as workers:
-        train_docs = read_clean_documents(data_args.training_paths, data_args, stats, workers, max_documents, extra)
-        if data_args.validation_file:
-            validation_docs = read_clean_documents([data_args.validation_file], data_args, Counter(), workers,
-                                                   max_documents)
-        else:
-            train_docs, validation_docs = train_docs.split(data_args.validation_split_percentage)
-        if not train_docs.texts:
+        train = read_clean_documents(data_args.training_paths, data_args, stats, workers, max_documents, extra)
+        percentage = 0 if data_args.validation_file else data_args.validation_split_percentage
+        held = held_out([d for shard in train for d in shard.digests], percentage)
+        if held.all():  # no documents: the split never holds out every one
             where = ", ".join(data_args.training_paths) or data_args.dataset_name
             raise UserError(f"{where}: no training documents with text ({describe_documents(stats)})")
-        documents = {"train": train_docs, "validation": validation_docs}
+        # every split is read, and its tokenizing started, before rows are written
+        splits = {"train": (train, held if held.any() else None)}
+        if data_args.validation_file:
+            splits["validation"] = (read_clean_documents([data_args.validation_file], data_args, Counter(), workers,
+                                                         max_documents), None)
         for name, path in data_args.named_eval_files.items():
-            documents[f"eval_{name}"] = read_clean_documents([path], data_args, Counter(), workers, max_documents)
-            if not documents[f"eval_{name}"].texts:
+            shards = read_clean_documents([path], data_args, Counter(), workers, max_documents)
+            if not any(shard.texts for shard in shards):
                 raise UserError(f"--eval_files {name}={path}: no documents with text")
-        splits = {}
-        for name, docs in documents.items():
-            if docs.texts:
-                splits[name] = packed_rows(docs, block_size, f"{fingerprint}-{name}")
-                stats.update(split_stats(name, splits[name], docs.texts))
-    return datasets.DatasetDict(splits), dict(stats)
+            splits[f"eval_{name}"] = (shards, None)
+        for name, (shards, held) in splits.items():
+            if any(shard.texts for shard in shards):
+                split_names = (name,) if held is None else (name, "validation")
+                stats.update(write_rows(folder, block_size, shards, split_names, held))
+                names += split_names
+    return names, dict(stats)
 
 
 def prepare_datasets(data_args, tokenizer, block_size, max_documents=None):
@@ -1149,14 +1209,30 @@ def prepare_datasets(data_args, tokenizer, block_size, max_documents=None):
     target = os.path.join(data_args.data_cache_dir or default_cache_dir(), data_fingerprint(paths, tokenizer, options))
     if os.path.isdir(target) and not data_args.overwrite_cache:
         logger.info("Using the prepared data cached in %s (no tokenization needed)", target)
-        with open(os.path.join(target, "prepare_stats.json")) as f:
-            return datasets.load_from_disk(target), json.load(f)
-    dataset_dict, stats = build_datasets(data_args, tokenizer, block_size, os.path.basename(target),
-                                         max_documents, extra)
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    save_atomically(dataset_dict, stats, target)
+        return load_prepared(target)
+    # written to a temporary folder and renamed into place, so that a crash never leaves a partial cache
+    tmp = f"{target}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    try:
+        names, stats = build_datasets(data_args, tokenizer, block_size, tmp, max_documents, extra)
+        with open(os.path.join(tmp, "prepare_stats.json"), "w") as f:
+            json.dump({"splits": names, "stats": stats}, f, indent=1)
+        if os.path.isdir(target):  # another process finished first, or --overwrite_cache
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     logger.info("Prepared data cached in %s: %s", target, stats)
-    return datasets.load_from_disk(target), stats
+    return load_prepared(target)
+
+
+def load_prepared(target):
+    """(DatasetDict of the splits, stats) of a folder prepare_datasets wrote; the rows stay on disk, mapped."""
+    with open(os.path.join(target, "prepare_stats.json")) as f:
+        saved = json.load(f)
+    return datasets.DatasetDict({name: datasets.Dataset.from_file(split_file(target, name))
+                                 for name in saved["splits"]}), saved["stats"]
 
 
 def row_lengths(dataset):

@@ -5,6 +5,7 @@ import os
 from collections import Counter
 
 import datasets
+import numpy as np
 import pytest
 import torch
 
@@ -277,13 +278,42 @@ def test_empty_dataset_is_a_user_error(tmp_path, tiny_tokenizer):
 @pytest.mark.parametrize("workers", [None, 1, 2])
 def test_prepared_rows_do_not_depend_on_the_number_of_workers(corpus_dir, tmp_path, tiny_tokenizer, workers):
     docs = list(clean_documents((d for f in list_data_files([corpus_dir]) for d in read_documents(f)), Counter()))
-    args = data_args(corpus_dir, tmp_path / "cache")
+    args = data_args(corpus_dir, tmp_path / "cache", validation_split_percentage=0, preprocessing_num_workers=workers)
     with data_utils.PreparationWorkers(workers, tokenizer=tiny_tokenizer, data_args=args) as pool:
-        documents = data_utils.read_clean_documents([corpus_dir], args, Counter(), pool)
-    assert documents.texts == docs
-    rows = data_utils.packed_rows(documents, 16, "test")
+        assert [t for shard in data_utils.read_clean_documents([corpus_dir], args, Counter(), pool)
+                for t in shard.texts] == docs
+    rows = prepare_datasets(args, tiny_tokenizer, block_size=16)[0]["train"]
     assert rows["input_ids"] == pack_documents(tokenize_documents(docs, tiny_tokenizer), 16)["input_ids"]
     assert rows["position_ids"] == pack_documents(tokenize_documents(docs, tiny_tokenizer), 16)["position_ids"]
+
+
+@pytest.mark.parametrize("block", [1, 3, 16, 1000])
+def test_rows_written_a_shard_at_a_time_equal_the_rows_of_packing_everything(tmp_path, block):
+    rng = np.random.default_rng(block)
+    lengths = [rng.integers(1, 40, size=rng.integers(0, 6)).astype(np.int32) for _ in range(12)]
+    shards = [data_utils.Documents(["ab"] * len(n), rng.integers(0, 9, size=n.sum()).astype(np.int32), n)
+              for n in lengths]
+    path = str(tmp_path / "rows.arrow")
+    with data_utils.RowWriter(path, block, "train") as writer:
+        for documents in shards:
+            writer.add(documents)
+        stats = writer.stats()
+    rows = datasets.Dataset.from_file(path)
+    values, lengths = np.concatenate([d.values for d in shards]), np.concatenate(lengths)
+    offsets, positions = data_utils.pack_token_array(values, lengths, block)
+    assert rows["input_ids"] == [values[a:b].tolist() for a, b in zip(offsets[:-1], offsets[1:])]
+    assert rows["position_ids"] == [positions[a:b].tolist() for a, b in zip(offsets[:-1], offsets[1:])]
+    assert stats == {"train_documents": len(lengths), "train_rows": len(offsets) - 1, "train_tokens": len(values),
+                     "train_scored_tokens": int((positions != 0).sum()), "train_bytes": 2 * len(lengths)}
+
+
+def test_cut_lengths():
+    lengths = np.array([3, 2, 5])  # documents that end at tokens 3, 5 and 10
+    for at in range(11):
+        before, after = data_utils.cut_lengths(lengths, at)
+        cuts = sorted({0, 3, 5, 10, at})
+        pieces = np.diff(cuts).tolist()
+        assert before.tolist() == pieces[:cuts.index(at)] and after.tolist() == pieces[cuts.index(at):]
 
 
 def test_streaming_rows_equal_the_prepared_rows(corpus_dir, tmp_path, tiny_tokenizer):
@@ -378,7 +408,8 @@ def test_skip_bad_records_skips_and_counts_instead_of_stopping(tmp_path, tiny_to
                          data_cache_dir=str(tmp_path / "c"))
     stats = Counter()
     with data_utils.PreparationWorkers(None, data_args=args, tokenizer=tiny_tokenizer) as workers:
-        assert len(data_utils.read_clean_documents([str(data)], args, stats, workers).texts) == 1001
+        shards = data_utils.read_clean_documents([str(data)], args, stats, workers)
+        assert sum(len(shard.texts) for shard in shards) == 1001
     assert "2 bad records skipped" in data_utils.describe_documents(stats)
 
 

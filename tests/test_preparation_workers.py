@@ -73,10 +73,12 @@ def test_two_workers_prepare_exactly_what_one_prepares(messy_corpus, tmp_path, t
 def test_the_first_occurrence_of_a_duplicate_is_kept_in_file_order(messy_corpus, tiny_tokenizer):
     args = DataArguments(dataset_dir=messy_corpus, skip_bad_records=True, preprocessing_num_workers=2)
     with data_utils.PreparationWorkers(2, data_args=args, tokenizer=tiny_tokenizer) as workers:
-        documents = data_utils.read_clean_documents([messy_corpus], args, Counter(), workers)
-    docs = documents.texts
+        shards = [shard.tokenized() for shard in data_utils.read_clean_documents([messy_corpus], args, Counter(),
+                                                                                 workers)]
+    docs = [t for shard in shards for t in shard.texts]
     ids = data_utils.tokenize_documents(docs, tiny_tokenizer)  # each document's tokens, in the same order
-    assert documents.lengths.tolist() == [len(i) for i in ids] and documents.values.tolist() == sum(ids, [])
+    assert [n for shard in shards for n in shard.lengths.tolist()] == [len(i) for i in ids]
+    assert [v for shard in shards for v in shard.values.tolist()] == sum(ids, [])
     # document 3 is first in a.txt's first shard, again in a later shard and in b.jsonl; 106 is first in b.jsonl
     assert docs.index(document(3)) == 3 and docs.count(document(3)) == 1
     assert docs.index(document(106)) < docs.index(document(200)) and docs.count(document(106)) == 1
@@ -92,9 +94,19 @@ def test_a_bad_record_names_the_same_file_and_line_with_workers(messy_corpus, tm
     assert errors[0] == errors[1] and "a.txt:121: not UTF-8" in errors[0]
 
 
-def test_documents_split_as_split_documents_splits_the_texts(tiny_tokenizer):
-    texts = [document(i, words=i % 5 + 1) for i in range(40)]
-    train, validation = data_utils.Documents.tokenized(texts, {"tokenizer": tiny_tokenizer}).split(20)
-    assert (train.texts, validation.texts) == data_utils.split_documents(texts, 20) and validation.texts
-    for part in (train, validation):
-        assert part.values.tolist() == sum(data_utils.tokenize_documents(part.texts, tiny_tokenizer), [])
+def test_the_split_rows_equal_split_documents_packed_whatever_the_shards(tmp_path, tiny_tokenizer):
+    """Train and validation rows are written a shard at a time; a document held out in one shard and the rows
+    that run on into the next shard still give the rows of splitting and packing the whole corpus."""
+    texts = [document(i, words=i % 5 + 2) for i in range(40)]  # 13 characters or more: none dropped
+    (tmp_path / "a.txt").write_text("\n\n".join(texts), encoding="utf-8")
+    train, validation = data_utils.split_documents(texts, 20)
+    for workers in (None, 2):
+        args = DataArguments(train_file=str(tmp_path / "a.txt"), data_cache_dir=str(tmp_path / f"c{workers}"),
+                             preprocessing_num_workers=workers, validation_split_percentage=20)
+        with data_utils.PreparationWorkers(workers, tokenizer=tiny_tokenizer, data_args=args) as pool:
+            assert len(data_utils.read_clean_documents(args.training_paths, args, Counter(), pool)) > 4
+        rows, stats = data_utils.prepare_datasets(args, tiny_tokenizer, block_size=7)
+        for name, docs in (("train", train), ("validation", validation)):
+            assert rows[name]["input_ids"] == data_utils.pack_documents(
+                data_utils.tokenize_documents(docs, tiny_tokenizer), 7)["input_ids"]
+            assert stats[f"{name}_documents"] == len(docs) > 0
