@@ -13,7 +13,6 @@ order, splits and packs, so the rows are the same for any number of workers. In 
 tokenized in a thread while the next is read and cleaned.
 """
 
-import concurrent.futures
 import contextlib
 import csv
 import dataclasses
@@ -211,6 +210,8 @@ def lines_with_offsets(data):
 
 _BLANK_LINE = re.compile(rb"\n[ \t]*\r?\n")  # a line end, then a line of spaces and tabs only
 TEXT_BLOCK_BYTES = 2**22
+# a shard's documents are tokenized in one batch, whose encodings take about 70 bytes a token: 400 MB at most
+SHARD_BYTES = 2**24
 
 
 def text_blocks(path, start=0, end=None):
@@ -261,18 +262,19 @@ def is_blank_line(raw):
     return not raw.rstrip(b"\r\n").strip(b" \t")
 
 
-def data_shards(paths, pieces):
-    """(path, start byte, end byte or None) parts of the data files, about `pieces` of equal size in all, each
-    a whole number of documents: .txt files are cut after a blank line, .jsonl files after a line end; other
-    files are not cut. Reading the shards one after another gives the documents of reading the files.
+def data_shards(paths, pieces, max_bytes=SHARD_BYTES):
+    """(path, start byte, end byte or None) parts of the data files, about `pieces` of equal size in all (more
+    when they would be over max_bytes), each a whole number of documents: .txt files are cut after a blank
+    line, .jsonl files after a line end; other files are not cut. Reading the shards one after another gives
+    the documents of reading the files.
 
     >>> data_shards(["a.txt"], 1)  # one piece: every file whole
     [('a.txt', 0, None)]
     """
-    if pieces <= 1:
-        return [(path, 0, None) for path in paths]
     sizes = [os.path.getsize(p) if os.path.isfile(p) else 0 for p in paths]
-    step = max(sum(sizes) // pieces, 1)
+    step = max(min(sum(sizes) // max(pieces, 1), max_bytes), 1)
+    if step >= sum(sizes):
+        return [(path, 0, None) for path in paths]
     shards = []
     for path, size in zip(paths, sizes):
         cuts = [0]
@@ -547,19 +549,8 @@ class Documents:
     @classmethod
     def tokenized(cls, texts, context):
         """texts and their tokens. context: {"tokenizer": ...}, as PreparationWorkers gives it."""
-        return cls.from_encoded(cls.encoded(texts, context), context)
-
-    @staticmethod
-    def encoded(texts, context):
-        """The first half of tokenized, the part that runs in the tokenizer: (texts, encode_documents')."""
-        return texts, encode_documents(texts, context["tokenizer"]) if texts else []
-
-    @classmethod
-    def from_encoded(cls, encoded, context):
-        """The second half of tokenized, in Python: the ids read out into arrays."""
-        texts, items = encoded
         eos = context["tokenizer"].eos_token_id
-        ids = encoded_ids(items)
+        ids = encoded_ids(encode_documents(texts, context["tokenizer"])) if texts else []
         add_eos = np.fromiter((not x or x[-1] != eos for x in ids), dtype=bool, count=len(ids))
         lengths = np.fromiter(map(len, ids), dtype=np.int32, count=len(ids)) + add_eos
         ends = np.cumsum(lengths, dtype=np.int64)
@@ -944,20 +935,22 @@ def default_cache_dir():
 
 class PreparationWorkers:
     """map(function, items): function(item, context) for each item, results in order; submit(function, item):
-    the same for one item, started at once, its result given by the returned callable.
+    the same for one item, its result given by the returned callable.
 
-    num_workers None: in this process, the fast tokenizer's own threads using every core, in a thread beside
-    this one, so that the next shard is read and cleaned here while the last one is tokenized; 1: in this
-    process, one thread; 2 or more: in that many forked processes, one thread each, given the context
-    (tokenizer, data options) once as they start rather than with every item. One pool serves reading,
-    cleaning and tokenizing; datasets.map would start a pool per step and write every shard to disk."""
+    num_workers None: in this process, the fast tokenizer's own threads using every core; 1: in this process,
+    one thread; 2 or more: in that many forked processes, one thread each, given the context (tokenizer, data
+    options) once as they start rather than with every item. One pool serves reading, cleaning and
+    tokenizing; datasets.map would start a pool per step and write every shard to disk. In this process, an
+    item submitted is done when its result is asked for: a thread tokenizing beside this one, while this one
+    reads, cleans and writes rows, was slower than doing one after the other (the threads contend for the
+    cores), and a shard's tokens are only held while its rows are written."""
 
     def __init__(self, num_workers, **context):
-        self.num_workers, self.context, self.pool, self.thread = num_workers, context, None, None
+        self.num_workers, self.context, self.pool = num_workers, context, None
         self.processes = num_workers if num_workers and num_workers > 1 else 0
-        # parts of the work: a few a process, so that they finish together; in one process, enough for reading
-        # and tokenizing to overlap
-        self.pieces = 4 * self.processes or (8 if num_workers is None else 1)
+        # parts of the work: a few a process, so that they finish together; in one process, a part's tokens
+        # are held at a time
+        self.pieces = 4 * self.processes or 8
         self.stack = contextlib.ExitStack()
 
     def __enter__(self):
@@ -965,8 +958,6 @@ class PreparationWorkers:
         if self.processes:  # forked after the environment turns the tokenizer's threads off, as they must be
             self.pool = self.stack.enter_context(multiprocessing.get_context("fork").Pool(
                 self.processes, start_worker, (self.context,)))
-        elif self.num_workers is None:
-            self.thread = self.stack.enter_context(concurrent.futures.ThreadPoolExecutor(1))
         return self
 
     def __exit__(self, *exc):
@@ -977,20 +968,11 @@ class PreparationWorkers:
             return (function(item, self.context) for item in items)
         return self.pool.imap(functools.partial(run_in_worker, function), items)
 
-    def submit(self, function, item, then=None):
-        """then(result, context), where given, finishes the result where it is read: in the worker process, or
-        here when the returned callable is called, while the thread already runs the next item."""
+    def submit(self, function, item):
+        """In a worker process, started at once; in this one, when the returned callable is first called."""
         if self.pool is not None:
-            return self.pool.apply_async(run_in_worker, (function, item, then)).get
-        if self.thread is not None:
-            future = self.thread.submit(function, item, self.context)
-            return lambda: finish(future.result(), then, self.context)
-        result = finish(function(item, self.context), then, self.context)
-        return lambda: result
-
-
-def finish(result, then, context):
-    return result if then is None else then(result, context)
+            return self.pool.apply_async(run_in_worker, (function, item)).get
+        return functools.cache(lambda: function(item, self.context))
 
 
 _WORKER_CONTEXT = {}  # in a PreparationWorkers process: its context, set once as it starts
@@ -1000,8 +982,8 @@ def start_worker(context):
     _WORKER_CONTEXT.update(context)
 
 
-def run_in_worker(function, item, then=None):
-    return finish(function(item, _WORKER_CONTEXT), then, _WORKER_CONTEXT)
+def run_in_worker(function, item):
+    return function(item, _WORKER_CONTEXT)
 
 
 def clean_shard(shard, context, limit=None):
@@ -1022,18 +1004,18 @@ def cleaned_part(texts, stats, data_args):
 @dataclass
 class KeptShard:
     """One shard's documents that cleaning and dedupe kept, their text_digests, and tokenized(): their
-    Documents, once the tokenizer is done with them (it works on the shards in order, in the background)."""
+    Documents (from a worker process, or tokenized here when first asked for)."""
     texts: list
     digests: list
     tokenized: Callable
 
 
 def read_clean_documents(paths, data_args, stats, workers, max_documents=None, extra=None):
-    """Read every path (and an already loaded dataset `extra`, first), clean, dedupe and start tokenizing: a
-    KeptShard for each shard, in order. At most max_documents read. The workers read and clean shards of the
-    files; here the shards' digests are merged in file order (the first occurrence of a document is kept, as
-    reading the files in one process would) and near duplicates dropped; then the workers tokenize each
-    shard's documents that are kept, while the next shards are read."""
+    """Read every path (and an already loaded dataset `extra`, first), clean, dedupe: a KeptShard for each
+    shard, in order. At most max_documents read. The workers read and clean shards of the files; here the
+    shards' digests are merged in file order (the first occurrence of a document is kept, as reading the files
+    in one process would) and near duplicates dropped; worker processes start tokenizing each shard's kept
+    documents at once, while the next shards are read."""
     parts = [] if extra is None else [cleaned_part(itertools.islice(read_table(
         extra, data_args.text_column, data_args.dataset_name), max_documents), Counter(), data_args)]
     shards = data_shards(list_data_files(paths), workers.pieces) if paths else []
@@ -1047,9 +1029,8 @@ def read_clean_documents(paths, data_args, stats, workers, max_documents=None, e
     for texts, digests, part_stats in parts:
         stats.update(part_stats)
         kept = list(unique_documents(zip(texts, digests), stats, near, seen))
-        # the tokenizer's work on a shard, then reading its ids out here while the next shard is encoded
-        tokenized = workers.submit(Documents.encoded, [t for t, _ in kept], then=Documents.from_encoded)
-        kept_shards.append(KeptShard([t for t, _ in kept], [d for _, d in kept], tokenized))
+        texts = [t for t, _ in kept]
+        kept_shards.append(KeptShard(texts, [d for _, d in kept], workers.submit(Documents.tokenized, texts)))
     return kept_shards
 
 
@@ -1141,9 +1122,9 @@ def cut_lengths(lengths, at):
 
 
 def write_rows(folder, block_size, shards, names=("train",), held=None):
-    """Pack and write the rows of KeptShards' documents, each shard's as soon as it is tokenized (while the
-    tokenizer goes on with the next): into folder/{names[0]}.arrow or, where held (a boolean for each
-    document, in order) is true, into folder/{names[1]}.arrow. Returns the splits' stats."""
+    """Pack and write the rows of KeptShards' documents, a shard at a time as it is tokenized: into
+    folder/{names[0]}.arrow or, where held (a boolean for each document, in order) is true, into
+    folder/{names[1]}.arrow. Returns the splits' stats."""
     with contextlib.ExitStack() as stack:
         writers = [stack.enter_context(RowWriter(split_file(folder, name), block_size, name)) for name in names]
         start = 0
@@ -1174,7 +1155,7 @@ def build_datasets(data_args, tokenizer, block_size, folder, max_documents=None,
         if held.all():  # no documents: the split never holds out every one
             where = ", ".join(data_args.training_paths) or data_args.dataset_name
             raise UserError(f"{where}: no training documents with text ({describe_documents(stats)})")
-        # every split is read, and its tokenizing started, before rows are written
+        # every split is read (and with worker processes, its tokenizing started) before rows are written
         splits = {"train": (train, held if held.any() else None)}
         if data_args.validation_file:
             splits["validation"] = (read_clean_documents([data_args.validation_file], data_args, Counter(), workers,

@@ -50,11 +50,14 @@ def test_shards_are_cut_between_documents_and_read_back_to_the_whole_file(messy_
     paths = data_utils.list_data_files([messy_corpus])
     shards = data_utils.data_shards(paths, 8)
     assert len(shards) > len(paths) and [s for s in shards if s[0].endswith(".csv")] == [(paths[2], 0, None)]
+    small = data_utils.data_shards(paths, 1, max_bytes=500)  # one piece asked for, but none over 500 bytes
+    assert len(small) > len(shards)
     for path in paths:
         whole = list(data_utils.read_documents(path, skipped=Counter()))
-        pieces = [d for p, start, end in shards if p == path
-                  for d in data_utils.read_documents(p, skipped=Counter(), start=start, end=end)]
-        assert pieces == whole
+        for cut in (shards, small):
+            pieces = [d for p, start, end in cut if p == path
+                      for d in data_utils.read_documents(p, skipped=Counter(), start=start, end=end)]
+            assert pieces == whole
     assert data_utils.data_shards(paths, 1) == [(p, 0, None) for p in paths]
 
 
