@@ -171,10 +171,12 @@ def read_text(path, keep_linebreaks, skipped=None, start=0, end=None):
     """Documents of a .txt file, read a block of whole documents at a time so that a file may be larger than
     memory; a document with bytes that are not UTF-8 stops the run, or with --skip_bad_records is skipped and
     counted."""
-    for lineno, offset, block in text_blocks(path, start, end):
+    for offset, block in text_blocks(path, start, end):
         try:
             text = block.decode("utf-8")
         except UnicodeDecodeError:  # rare: go through this block a line at a time to name the line
+            with open(path, "rb") as f:
+                lineno = lines_before(f, offset)
             lines = ((lineno + i, offset + at, raw) for i, (at, raw) in enumerate(lines_with_offsets(block)))
             yield from line_documents(lines, path, keep_linebreaks, skipped)
             continue
@@ -210,31 +212,49 @@ def lines_with_offsets(data):
 
 _BLANK_LINE = re.compile(rb"\n[ \t]*\r?\n")  # a line end, then a line of spaces and tabs only
 TEXT_BLOCK_BYTES = 2**22
+BLANK_LINE_SEARCH_BYTES = 2**16  # the stretch at a block's end first searched for its last blank line
 # a shard's documents are tokenized in one batch, whose encodings take about 70 bytes a token: 400 MB at most
 SHARD_BYTES = 2**24
 
 
 def text_blocks(path, start=0, end=None):
-    """(line number, byte offset, bytes) of the consecutive blocks of a .txt file's bytes [start, end): about
+    """(byte offset, bytes) of the consecutive blocks of a .txt file's bytes [start, end): about
     TEXT_BLOCK_BYTES each, each but the last ending after a blank line, so that no document is cut."""
     with open(path, "rb") as f:
-        lineno, offset, rest = lines_before(f, start), start, b""
+        f.seek(start)
+        offset, rest = start, b""
         while True:
             want = TEXT_BLOCK_BYTES if end is None else min(TEXT_BLOCK_BYTES, end - offset - len(rest))
             data = f.read(want) if want > 0 else b""
             block = rest + data
             if not data:
                 if block:
-                    yield lineno, offset, block
+                    yield offset, block
                 return
-            cut = None
-            for cut in _BLANK_LINE.finditer(block):
-                pass
+            cut = last_blank_line_end(block)
             if cut is None:  # one document longer than the block: read on
                 rest = block
                 continue
-            yield lineno, offset, block[:cut.end()]
-            lineno, offset, rest = lineno + block.count(b"\n", 0, cut.end()), offset + cut.end(), block[cut.end():]
+            yield offset, block[:cut]
+            offset, rest = offset + cut, block[cut:]
+
+
+def last_blank_line_end(block):
+    """Where the last blank line of block ends, or None: looked for in a stretch at the end, then in longer
+    ones, rather than matched all through the block.
+
+    >>> last_blank_line_end(b"a\\n\\nb\\n \\nc")  # after the line with a space
+    7
+    """
+    tail = BLANK_LINE_SEARCH_BYTES
+    while True:
+        at = max(len(block) - tail, 0)
+        cut = None
+        for cut in _BLANK_LINE.finditer(block, at):
+            pass
+        if cut is not None or not at:
+            return cut and cut.end()
+        tail *= 4
 
 
 def lines_before(f, start):
@@ -1073,7 +1093,8 @@ class RowWriter:
     def __init__(self, path, block_size, name):
         self.block_size, self.name = block_size, name
         self.stack = contextlib.ExitStack()
-        self.writer = self.stack.enter_context(pa.ipc.new_stream(path, ROW_SCHEMA))
+        self.writer = self.stack.enter_context(pa.ipc.new_stream(self.stack.enter_context(pa.OSFile(path, "wb")),
+                                                                 ROW_SCHEMA))
         self.values, self.lengths = ZERO_IDS, ZERO_IDS  # the tokens after the last full row, by document
         self.counts = Counter(documents=0, rows=0, tokens=0, scored_tokens=0, bytes=0)
 

@@ -372,9 +372,12 @@ def test_txt_read_in_blocks_equals_reading_it_whole_and_names_the_bad_line(tmp_p
     separators = ["\n\n", "\r\n\r\n", "\n \t\n", "\n\n\n"]
     text = "".join(d + separators[i % 4] for i, d in enumerate(docs))
     (tmp_path / "x.txt").write_text(text, encoding="utf-8", newline="")
-    monkeypatch.setattr(data_utils, "TEXT_BLOCK_BYTES", 97)  # blocks far smaller than a document
     whole = split_text_documents(text)
-    assert list(read_documents(str(tmp_path / "x.txt"))) == whole and len(whole) == 300
+    for block, search in ((2000, 7), (2000, 300), (97, 2**16)):  # the last blank line found near a block's end or not
+        monkeypatch.setattr(data_utils, "BLANK_LINE_SEARCH_BYTES", search)
+        monkeypatch.setattr(data_utils, "TEXT_BLOCK_BYTES", block)
+        assert list(read_documents(str(tmp_path / "x.txt"))) == whole and len(whole) == 300
+    # from here on blocks far smaller than a document
     for path, start, end in data_utils.data_shards([str(tmp_path / "x.txt")], 5):
         piece = text.encode()[start:end].decode()
         assert list(read_documents(path, start=start, end=end)) == split_text_documents(piece)
