@@ -392,6 +392,16 @@ def test_txt_read_in_blocks_equals_reading_it_whole_and_names_the_bad_line(tmp_p
     assert skipped["skipped_bad_records"] == 1
 
 
+def test_a_failed_preparation_leaves_nothing_in_the_cache(tmp_path, tiny_tokenizer):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.txt").write_text("a good first document\n\nanother good document\n", encoding="utf-8")
+    (tmp_path / "d" / "b.txt").write_bytes(b"a document with \xff in it\n")
+    args = DataArguments(dataset_dir=str(tmp_path / "d"), data_cache_dir=str(tmp_path / "c"))
+    with pytest.raises(UserError, match=r"b.txt:1: not UTF-8"):
+        prepare_datasets(args, tiny_tokenizer, block_size=16)
+    assert os.listdir(tmp_path / "c") == []  # no temporary folder left, nothing a later run could take as prepared
+
+
 def test_skip_bad_records_skips_and_counts_instead_of_stopping(tmp_path, tiny_tokenizer):
     data = tmp_path / "data"
     data.mkdir()
