@@ -57,18 +57,18 @@ def training_steps(train_tokens, block_size, training_args, world_size):
 
 def parameter_counts(config, training_args, tokenizer_size):
     """(trainable, total, largest layer) parameters, counted on the meta device (no weights loaded)."""
-    import pretrain  # the same LoRA and freezing code as training
+    import model_utils  # the same LoRA and freezing code as training
 
     with torch.device("meta"), set_zero3_state():
         model = AutoModelForCausalLM.from_config(config)
         if tokenizer_size > model.get_input_embeddings().weight.shape[0]:
             model.resize_token_embeddings(tokenizer_size)
         if training_args.full_finetuning:
-            pretrain.freeze(model, training_args.freeze_modules)
+            model_utils.freeze(model, training_args.freeze_modules)
         else:
             from peft import get_peft_model
 
-            model = get_peft_model(model, pretrain.lora_config(model, training_args))
+            model = get_peft_model(model, model_utils.lora_config(model, training_args))
     unique = {id(p): p for p in model.parameters()}.values()  # tied weights once
     largest = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
     return sum(p.numel() for p in unique if p.requires_grad), sum(p.numel() for p in unique), largest

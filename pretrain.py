@@ -19,17 +19,16 @@ import time
 import datasets
 import torch
 import transformers
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Trainer, set_seed
-from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
-from transformers.modeling_utils import set_zero3_state
+from transformers import Trainer, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, IntervalStrategy, SchedulerType, rotate_checkpoints
 
 import plan_utils
 import report_utils
-from arguments import UserError, parse_args, run_script, split_list
+from arguments import UserError, parse_args, run_script
 from data_utils import (FlattenedCollator, PackedCollator, StreamingRows, describe_documents, list_data_files,
                         prepare_datasets, prepare_mixed_datasets, streaming_datasets)
-from vocab_utils import grow_embeddings
+from model_utils import (add_lora, check_lora_modules, check_vocabulary, freeze, init_distributed_for_zero3, load_config,
+                         load_model, load_tokenizer, log_trainable, model_vocab_size, resolve_block_size)
 
 logger = logging.getLogger("pretrain")
 DEBUG_MAX_DOCUMENTS = 1000
@@ -134,89 +133,6 @@ def token_throughput(trainer, metrics):
     return {"train_tokens": tokens, "train_tokens_per_second": round(tokens / metrics["train_runtime"], 2)}
 
 
-def hub_kwargs(model_args):
-    return {"cache_dir": model_args.cache_dir, "revision": model_args.model_revision, "token": model_args.token,
-            "trust_remote_code": model_args.trust_remote_code}
-
-
-@contextlib.contextmanager
-def named_load_errors(flag, path):
-    """A model/tokenizer/config that cannot be found or read is the user's path, not a bug: say which."""
-    try:
-        yield
-    except (OSError, ValueError) as e:
-        raise UserError(f"{flag} {path}: cannot load it: {str(e).strip().splitlines()[0]}") from None
-
-
-def load_tokenizer(model_args):
-    path = model_args.tokenizer_name_or_path or model_args.model_name_or_path
-    if not path:
-        raise UserError("no tokenizer: give --tokenizer_name_or_path (or --model_name_or_path)")
-    gguf = model_args.gguf_file if path == model_args.model_name_or_path else None
-    flag = "--tokenizer_name_or_path" if model_args.tokenizer_name_or_path else "--model_name_or_path"
-    with named_load_errors(flag, path):
-        tokenizer = AutoTokenizer.from_pretrained(path, use_fast=model_args.use_fast_tokenizer, gguf_file=gguf,
-                                                  **hub_kwargs(model_args))
-    if tokenizer.pad_token is None:  # padding only fills the last, short row; its labels are -100
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
-def model_vocab_size(config):
-    """Rows of the model's embeddings as its config states them (a huge number when it does not say)."""
-    return getattr(config.get_text_config(), "vocab_size", None) or sys.maxsize
-
-
-def load_base_tokenizer(model_args, config, tokenizer):
-    """The model's own tokenizer when --tokenizer_name_or_path has more tokens than the model has embeddings
-    (an extended vocabulary), else None. New embedding rows are initialized from how it splits each new token;
-    the extended tokenizer must keep every one of its tokens at the same id."""
-    from vocab_utils import check_extends
-
-    if not model_args.model_name_or_path or len(tokenizer) <= model_vocab_size(config):
-        return None
-    with named_load_errors("--model_name_or_path", model_args.model_name_or_path):
-        base = AutoTokenizer.from_pretrained(model_args.model_name_or_path, gguf_file=model_args.gguf_file,
-                                             **hub_kwargs(model_args))
-    check_extends(base, tokenizer, f"--tokenizer_name_or_path {model_args.tokenizer_name_or_path}")
-    return base
-
-
-def load_config(model_args):
-    if model_args.config_name or model_args.model_name_or_path:
-        flag = "--config_name" if model_args.config_name else "--model_name_or_path"
-        path = model_args.config_name or model_args.model_name_or_path
-        with named_load_errors(flag, path):
-            config = AutoConfig.from_pretrained(path, gguf_file=None if model_args.config_name else model_args.gguf_file,
-                                                **hub_kwargs(model_args))
-    elif model_args.model_type:
-        if model_args.model_type not in transformers.CONFIG_MAPPING:
-            raise UserError(f"--model_type {model_args.model_type}: unknown; e.g. llama, mistral, qwen2, gpt2")
-        config = transformers.CONFIG_MAPPING[model_args.model_type]()
-    else:
-        raise UserError("no model: give --model_name_or_path, --config_name or --model_type")
-    if model_args.config_overrides:
-        try:
-            config.update_from_string(model_args.config_overrides)
-        except ValueError as e:
-            raise UserError(f"--config_overrides: {e}") from None
-    return config
-
-
-def model_context_length(config):
-    return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
-
-
-def resolve_block_size(block_size, config):
-    context = model_context_length(config)
-    if block_size is None:
-        return min(1024, context or 1024)
-    if context and block_size > context:
-        raise UserError(f"--block_size {block_size} is larger than the model's context of {context} tokens; "
-                        f"use at most {context}")
-    return block_size
-
-
 def uses_flash_attention(model_args):
     return (model_args.attn_implementation or "").startswith(("flash", "kernels-community/flash"))
 
@@ -228,129 +144,6 @@ def data_collator(model_args, tokenizer):
     if uses_flash_attention(model_args):
         return FlattenedCollator()
     return PackedCollator(pad_token_id=tokenizer.pad_token_id)
-
-
-def check_lora_modules(config, training_args):
-    """Every --trainable and --modules_to_save name must be a module of the model (checked on the meta device,
-    before any weight is loaded)."""
-    if training_args.peft_path or (training_args.full_finetuning and not training_args.freeze_modules):
-        return
-    # set_zero3_state: a meta skeleton needs no ZeRO-3 partitioning (zero.Init would want the process group)
-    with torch.device("meta"), set_zero3_state():
-        model = AutoModelForCausalLM.from_config(config)
-    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules() if name}
-    linear = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules()
-                     if isinstance(m, torch.nn.Linear) and name})
-    for flag in ("freeze_modules",) if training_args.full_finetuning else ("trainable", "modules_to_save"):
-        missing = [m for m in split_list(getattr(training_args, flag)) if m not in names]
-        if missing:
-            raise UserError(f"--{flag}: the model has no module {', '.join(missing)}; its linear modules are "
-                            f"{', '.join(linear)}")
-
-
-def embedding_module_names(config):
-    """(input embedding, output embedding) module names, e.g. ('embed_tokens', 'lm_head'), read on the meta
-    device."""
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    names = {id(module): name.rsplit(".", 1)[-1] for name, module in model.named_modules() if name}
-    output = model.get_output_embeddings()
-    return names[id(model.get_input_embeddings())], names[id(output)] if output is not None else None
-
-
-def check_vocabulary_growth(config, tokenizer, training_args):
-    """A LoRA run whose embeddings grow must train and save them in full (--modules_to_save); otherwise the new
-    rows would stay at their initial values and the adapter would not fit the base model."""
-    if training_args.full_finetuning or training_args.peft_path or len(tokenizer) <= model_vocab_size(config):
-        return
-    needed = [n for n in embedding_module_names(config) if n]
-    missing = [n for n in needed if n not in split_list(training_args.modules_to_save)]
-    if missing:
-        raise UserError(f"--modules_to_save: the tokenizer has {len(tokenizer)} tokens and the model "
-                        f"{model_vocab_size(config)},"
-                        f" so the embeddings grow and must be trained and saved in full; add {','.join(missing)} "
-                        f"(e.g. --modules_to_save {','.join(needed)})")
-
-
-def drop_gguf_marker(model):
-    """A GGUF model is de-quantized on load; without the quantizer marker it trains and saves as a plain
-    float model (safetensors) that every tool loads."""
-    del model.config.quantization_config
-    model.hf_quantizer, model.is_quantized = None, False
-
-
-def load_model(model_args, config, tokenizer, base_tokenizer=None):
-    dtype = model_args.dtype or "float32"
-    dtype = dtype if dtype == "auto" else getattr(torch, dtype)
-    if model_args.model_name_or_path:
-        model = AutoModelForCausalLM.from_pretrained(
-            model_args.model_name_or_path, config=config, gguf_file=model_args.gguf_file, dtype=dtype,
-            attn_implementation=model_args.attn_implementation, **hub_kwargs(model_args))
-    else:
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=model_args.trust_remote_code,
-                                                 attn_implementation=model_args.attn_implementation)
-    if model_args.gguf_file:
-        drop_gguf_marker(model)
-    # A KV cache makes transformers skip the packed-sequence (document) mask: never build one in training.
-    model.config.use_cache = False
-    vocab = model.get_input_embeddings().weight.shape[0]
-    if len(tokenizer) > vocab and base_tokenizer is not None:
-        logger.info("Tokenizer has %d tokens, model embeddings %d: new rows are the mean of the rows of the tokens "
-                    "the model's own tokenizer splits each new token into (first piece's weight: %s)", len(tokenizer),
-                    vocab, model_args.new_token_first_piece_weight or "equal")
-        grow_embeddings(model, base_tokenizer, tokenizer, model_args.new_token_first_piece_weight)
-    elif len(tokenizer) > vocab:  # a fresh model: its rows are random anyway
-        logger.info("Tokenizer has %d tokens, model embeddings %d: resizing embeddings", len(tokenizer), vocab)
-        model.resize_token_embeddings(len(tokenizer))
-    return model
-
-
-def init_distributed_for_zero3(training_args):
-    """Start the process group before a ZeRO-3 model loads. from_pretrained partitions the weights as it
-    reads them (deepspeed.zero.Init) over the world it sees at that moment; without the group each rank
-    sees a world of 1 and DeepSpeed stops on its batch-size check (train_batch_size != micro x accum x 1)."""
-    if not is_deepspeed_zero3_enabled() or training_args.world_size < 2:  # world_size sets up the devices
-        return
-    import deepspeed
-
-    deepspeed.init_distributed()  # adopts the group the Trainer's arguments just started (gloo on CPU)
-
-
-def lora_config(model, training_args):
-    """The LoRA settings: those of --peft_path, else a new adapter from the flags."""
-    from peft import LoraConfig, PeftConfig
-
-    if training_args.peft_path:
-        return PeftConfig.from_pretrained(training_args.peft_path)
-    modules_to_save = split_list(training_args.modules_to_save) or None
-    tied = bool(getattr(model.config, "tie_word_embeddings", False))
-    return LoraConfig(
-        task_type="CAUSAL_LM", target_modules=split_list(training_args.trainable), r=training_args.lora_rank,
-        lora_alpha=training_args.lora_alpha, lora_dropout=training_args.lora_dropout,
-        modules_to_save=modules_to_save, ensure_weight_tying=tied and modules_to_save is not None)
-
-
-def add_lora(model, training_args):
-    """Wrap the model with a new LoRA adapter, or the one in --peft_path, ready to train."""
-    from peft import PeftModel, get_peft_model
-
-    # peft casts adapters to float32 beside a bf16/fp16 base by default; ZeRO-3 flattens each module's
-    # parameters into one buffer of one dtype and fails on the mix, so there the adapter keeps the base dtype.
-    autocast = not is_deepspeed_zero3_enabled()
-    if training_args.peft_path:
-        logger.info("Continuing the LoRA adapter in %s", training_args.peft_path)
-        return PeftModel.from_pretrained(model, training_args.peft_path, is_trainable=True,
-                                         autocast_adapter_dtype=autocast)
-    return get_peft_model(model, lora_config(model, training_args), autocast_adapter_dtype=autocast)
-
-
-def freeze(model, module_names):
-    """Fix the weights of every module with one of these names (full fine-tuning keeps training the rest)."""
-    names = set(split_list(module_names))
-    for name, param in model.named_parameters():
-        if names & set(name.split(".")):
-            param.requires_grad_(False)
-    return model
 
 
 def train_new_embeddings(model, num_old, training_args, train_dataset, tokenizer):
@@ -415,12 +208,6 @@ def new_rows_learning_rate(model, num_old, training_args):
     logger.info("New tokens' embedding rows train at learning rate %g, the rest at %g", rate,
                 training_args.learning_rate)
     return NewRowsLearningRate(model, num_old, rate / training_args.learning_rate)
-
-
-def log_trainable(model):
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    logger.info("Trainable parameters: %s of %s (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
 
 
 def last_complete_checkpoint(folder):
@@ -571,18 +358,6 @@ def start_from_checkpoint(model_args, training_args):
         training_args.peft_path = path
     else:
         model_args.model_name_or_path, model_args.gguf_file = path, None
-
-
-def check_vocabulary(model_args, config, tokenizer, training_args):
-    """The model's own tokenizer when the vocabulary grows (else None), after every check that needs no weights."""
-    check_vocabulary_growth(config, tokenizer, training_args)
-    base_tokenizer = load_base_tokenizer(model_args, config, tokenizer)
-    for flag in ("new_embeddings_steps", "new_embeddings_learning_rate"):
-        if getattr(training_args, flag) and base_tokenizer is None:
-            raise UserError(f"--{flag} is for the rows of new tokens, and there are none: give "
-                            "--tokenizer_name_or_path an extended tokenizer (extend_tokenizer.py) larger than the "
-                            "model")
-    return base_tokenizer
 
 
 def trainable_model(model_args, config, tokenizer, base_tokenizer, training_args, num_old, stage_one_data=None):

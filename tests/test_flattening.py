@@ -4,6 +4,7 @@ and on CPU (sdpa, which reads the same restarting position_ids) the same loss as
 import pytest
 import torch
 
+import model_utils
 import pretrain
 from arguments import parse_args
 from data_utils import FlattenedCollator, PackedCollator, pack_documents, split_row_documents, tokenize_documents
@@ -30,7 +31,7 @@ def test_flattened_collator_golden():
 def test_flattened_batch_scores_the_same_tokens_as_the_padded_batch(tiny_model_dir, tiny_tokenizer, tmp_path):
     model_args, _, training_args = parse_args(["--model_name_or_path", tiny_model_dir, "--output_dir",
                                                str(tmp_path), "--report_to", "none", "--full_finetuning"])
-    model = pretrain.load_model(model_args, pretrain.load_config(model_args), tiny_tokenizer)
+    model = model_utils.load_model(model_args, model_utils.load_config(model_args), tiny_tokenizer)
     trainer = pretrain.PretrainTrainer(model=model, args=training_args, processing_class=tiny_tokenizer)
     docs = tokenize_documents(["The quick brown fox.", "Tiếng Việt có dấu: người.", "def main(): return 0",
                                "A fourth, longer document that runs into the next row of the batch."], tiny_tokenizer)

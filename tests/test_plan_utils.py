@@ -7,6 +7,7 @@ import re
 import pytest
 from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
+import model_utils
 import plan_utils
 import pretrain
 from arguments import parse_args
@@ -36,7 +37,7 @@ def test_dry_run_prints_the_plan_of_the_prepared_data_and_trains_nothing(tiny_mo
     lines = {line.split(":")[0]: line for line in capsys.readouterr().out.splitlines()}
     assert not out.exists() and not (tmp_path / "cache").exists()
     data_args, training_args = parse_args(flags)[1:]
-    _, stats = prepare_datasets(data_args, pretrain.load_tokenizer(parse_args(flags)[0]), 16)
+    _, stats = prepare_datasets(data_args, model_utils.load_tokenizer(parse_args(flags)[0]), 16)
     documents, _, tokens = numbers(lines["data"])
     assert (documents, tokens) == (stats["train_documents"], stats["train_tokens"])
     assert "(counted)" in lines["data"]
@@ -55,7 +56,7 @@ def test_a_large_corpus_is_counted_in_full_but_tokenized_from_a_sample(tiny_mode
                                              for i in range(300)), encoding="utf-8")
     flags = ["--model_name_or_path", tiny_model_dir, "--dataset_dir", str(data), "--output_dir", str(tmp_path)]
     model_args, data_args, _ = parse_args(flags)
-    tokenizer = pretrain.load_tokenizer(model_args)
+    tokenizer = model_utils.load_tokenizer(model_args)
     exact = plan_utils.corpus_size(data_args, tokenizer)
     sampled = plan_utils.corpus_size(data_args, tokenizer, sample=30)
     assert exact["exact"] and not sampled["exact"]

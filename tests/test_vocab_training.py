@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import extend_tokenizer
 import merge_lora
+import model_utils
 import pretrain
 from arguments import UserError
 from test_vocab_utils import VIETNAMESE, write_corpus
@@ -102,9 +103,9 @@ def grown_model(tiny_model_dir, extended_dir, out, *flags):
 
     model_args, _, training_args = parse_args(["--model_name_or_path", tiny_model_dir, "--tokenizer_name_or_path",
                                                extended_dir, "--output_dir", str(out), "--full_finetuning", *flags])
-    config, tokenizer = pretrain.load_config(model_args), pretrain.load_tokenizer(model_args)
-    base_tokenizer = pretrain.check_vocabulary(model_args, config, tokenizer, training_args)
-    return pretrain.load_model(model_args, config, tokenizer, base_tokenizer), tokenizer, base_tokenizer
+    config, tokenizer = model_utils.load_config(model_args), model_utils.load_tokenizer(model_args)
+    base_tokenizer = model_utils.check_vocabulary(model_args, config, tokenizer, training_args)
+    return model_utils.load_model(model_args, config, tokenizer, base_tokenizer), tokenizer, base_tokenizer
 
 
 @pytest.mark.parametrize("first_piece_weight", [None, 0.7])
@@ -129,11 +130,11 @@ def test_stage_one_trains_only_the_new_rows(tiny_model_dir, extended_dir, data_d
         "--output_dir", str(tmp_path / "s1"), "--data_cache_dir", str(tmp_path / "cache"), "--full_finetuning",
         "--new_embeddings_steps", "3", "--learning_rate", "1e-2", "--weight_decay", "0.1", "--report_to", "none",
         "--per_device_train_batch_size", "2"])
-    config, tokenizer = pretrain.load_config(model_args), pretrain.load_tokenizer(model_args)
-    base_tokenizer = pretrain.check_vocabulary(model_args, config, tokenizer, training_args)
+    config, tokenizer = model_utils.load_config(model_args), model_utils.load_tokenizer(model_args)
+    base_tokenizer = model_utils.check_vocabulary(model_args, config, tokenizer, training_args)
     train, _, _, _ = pretrain.build_datasets(data_args, training_args, tokenizer, 32)
     num_old = config.vocab_size
-    model = pretrain.load_model(model_args, config, tokenizer, base_tokenizer)
+    model = model_utils.load_model(model_args, config, tokenizer, base_tokenizer)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     pretrain.train_new_embeddings(model, num_old, training_args, train, tokenizer)
     emb = model.get_input_embeddings().weight
