@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 import merge_lora
+import model_utils
 import pretrain
 from arguments import UserError, parse_args
 from conftest import ROOT
@@ -117,8 +118,8 @@ def test_packed_document_loss_equals_its_loss_alone_on_the_training_path(tiny_mo
     """The PretrainTrainer's own compute_loss, in train mode, on a packed row vs the document alone."""
     model_args, _, training_args = parse_args(["--model_name_or_path", tiny_model_dir, "--output_dir",
                                                str(tmp_path), "--lora_dropout", "0", "--report_to", "none"])
-    model = pretrain.add_lora(pretrain.load_model(model_args, pretrain.load_config(model_args), tiny_tokenizer),
-                              training_args)
+    model = model_utils.load_model(model_args, model_utils.load_config(model_args), tiny_tokenizer)
+    model = model_utils.add_lora(model, training_args)
     with torch.no_grad():  # non-zero LoRA B, so the adapter takes part in the forward pass
         for name, p in model.named_parameters():
             if "lora_B" in name:

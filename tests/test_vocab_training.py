@@ -98,7 +98,7 @@ def test_merge_lora_writes_a_model_with_the_new_vocabulary(lora_run, tiny_model_
 
 
 def grown_model(tiny_model_dir, extended_dir, out, *flags):
-    """pretrain.load_model's model for the extended tokenizer, its embeddings grown; and both tokenizers."""
+    """model_utils.load_model's model for the extended tokenizer, its embeddings grown; and both tokenizers."""
     from arguments import parse_args
 
     model_args, _, training_args = parse_args(["--model_name_or_path", tiny_model_dir, "--tokenizer_name_or_path",
