@@ -22,7 +22,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from arguments import UserError, named_paths, run_script, split_list
 from eval_utils import evaluate_model, flat_figures, read_eval_inputs
 from merge_lora import adapter_model
-from pretrain import drop_gguf_marker, named_load_errors
+from model_utils import drop_gguf_marker, named_load_errors
 
 
 def load_for_eval(model_path, adapter=None, gguf_file=None, dtype="float32"):

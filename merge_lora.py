@@ -15,7 +15,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from pretrain import drop_gguf_marker
+from model_utils import drop_gguf_marker
 
 
 def adapter_model(base_model, lora_model, gguf_file=None, dtype="float32"):
