@@ -8,6 +8,7 @@ with later flags overriding it.
 
 import dataclasses
 import difflib
+import gc
 import importlib.util
 import json
 import logging
@@ -43,8 +44,12 @@ def run_script(main):
     try:
         return main()
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        message = f"error: {e}"
+    # the frames the error passed through are gone now: a progress bar it interrupted is closed (and drawn for
+    # the last time) here, not after the message, which stays the last line
+    gc.collect()
+    print(message, file=sys.stderr)
+    sys.exit(2)
 
 
 def split_list(value):
@@ -552,6 +557,8 @@ class PretrainTrainingArguments(TrainingArguments):
         if self.peft_path and not os.path.isfile(os.path.join(self.peft_path, "adapter_config.json")):
             raise UserError(f"--peft_path {self.peft_path}: no adapter_config.json there; give a LoRA adapter folder")
         self._check_init_from_checkpoint()
+        if self.output_dir and not self.dry_run:  # a plan writes nothing and may be made on another machine
+            check_output_dir(self.output_dir)
         if self.eval_on_start is None:
             self.eval_on_start = self.eval_strategy not in ("no", IntervalStrategy.NO)
         super().__post_init__()
@@ -594,6 +601,22 @@ class PretrainTrainingArguments(TrainingArguments):
                 raise UserError(f"--min_lr/--min_lr_ratio apply to the cosine and warmup_stable_decay schedules, not "
                                 f"{kind.value}; set --lr_scheduler_type cosine")
             self.lr_scheduler_kwargs.setdefault("min_lr_rate", floor)
+
+
+def check_output_dir(path):
+    """--output_dir must be a folder this run can create and write in: found here with the other flags, where
+    the Trainer would find it only after the model has loaded."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UserError(f"--output_dir {path}: a file of that name exists; give a folder")
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise UserError(f"--output_dir {path}: {existing} is a file, so no folder can be made under it; give another "
+                        "folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"--output_dir {path}: cannot write in {existing} (permissions or a read-only disk); give a "
+                        "folder you can write to")
 
 
 DATACLASSES = (ModelArguments, DataArguments, PretrainTrainingArguments)

@@ -7,6 +7,7 @@ built, checked and loaded the same way in training, planning, merging and evalua
 
 import contextlib
 import logging
+import os
 import sys
 
 import torch
@@ -241,3 +242,39 @@ def check_vocabulary(model_args, config, tokenizer, training_args):
                             "--tokenizer_name_or_path an extended tokenizer (extend_tokenizer.py) larger than the "
                             "model")
     return base_tokenizer
+
+
+def check_adapter_fits(config, vocab_size, adapter_dir, flag):
+    """Stop with one line, before any weight loads, when a LoRA adapter was trained on a base of another shape:
+    peft would print a size mismatch per tensor after the model loaded, or, for a base with fewer layers, warn
+    of missing keys and train fresh adapters in the layers the file lacks.
+
+    The tensors the adapter's LoraConfig makes on this config (embeddings grown to vocab_size, as load_model
+    grows them), built on the meta device, against the names and shapes in the adapter file's header."""
+    from peft import PeftConfig, get_peft_model, get_peft_model_state_dict
+    from safetensors import safe_open
+
+    weights = os.path.join(adapter_dir, "adapter_model.safetensors")
+    if not os.path.isfile(weights):
+        raise UserError(f"{flag} {adapter_dir}: no adapter_model.safetensors there; give the folder a LoRA run saved")
+    with safe_open(weights, framework="pt") as f:
+        found = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
+    adapter_config = PeftConfig.from_pretrained(adapter_dir)
+    base = f" ({adapter_config.base_model_name_or_path})" if adapter_config.base_model_name_or_path else ""
+    with torch.device("meta"), set_zero3_state():
+        model = AutoModelForCausalLM.from_config(config)
+        if vocab_size > model.get_input_embeddings().weight.shape[0]:
+            model.resize_token_embeddings(vocab_size, mean_resizing=False)
+        model = get_peft_model(model, adapter_config)
+    expected = {key: tuple(p.shape) for key, p in get_peft_model_state_dict(model).items()}
+    other_shape = [key for key in expected if key in found and found[key] != expected[key]]
+    if other_shape:
+        key = other_shape[0]
+        raise UserError(f"{flag} {adapter_dir}: {len(other_shape)} of its tensors do not fit this model (e.g. {key}: "
+                        f"{list(found[key])} in the adapter, {list(expected[key])} here): it was trained on another "
+                        f"base model{base}; give that one as the base")
+    for keys, what in (([k for k in expected if k not in found], "this model has modules the adapter lacks"),
+                       ([k for k in found if k not in expected], "the adapter has modules this model lacks")):
+        if keys:
+            raise UserError(f"{flag} {adapter_dir}: {what} ({len(keys)} tensors, e.g. {keys[0]}): it was trained on "
+                            f"a base model with other layers{base}; give that one as the base")

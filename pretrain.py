@@ -8,17 +8,22 @@ User mistakes (bad flags, bad data) end with a one-line message and exit code 2,
 
 import contextlib
 import copy
+import errno
+import hashlib
+import itertools
 import json
 import logging
 import math
 import os
 import re
+import shutil
 import sys
 import time
 
 import datasets
 import torch
 import transformers
+from safetensors import SafetensorError
 from transformers import Trainer, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, IntervalStrategy, SchedulerType, rotate_checkpoints
 
@@ -27,13 +32,15 @@ import report_utils
 from arguments import UserError, parse_args, run_script
 from data_utils import (FlattenedCollator, PackedCollator, StreamingRows, describe_documents, list_data_files,
                         prepare_datasets, prepare_mixed_datasets, streaming_datasets)
-from model_utils import (add_lora, check_lora_modules, check_vocabulary, freeze, init_distributed_for_zero3, load_config,
-                         load_model, load_tokenizer, log_trainable, model_vocab_size, resolve_block_size)
+from model_utils import (add_lora, check_adapter_fits, check_lora_modules, check_vocabulary, freeze,
+                         init_distributed_for_zero3, load_config, load_model, load_tokenizer, log_trainable,
+                         model_vocab_size, resolve_block_size)
 
 logger = logging.getLogger("pretrain")
 DEBUG_MAX_DOCUMENTS = 1000
 COMPLETE_MARKER = "checkpoint_complete"  # written last: a checkpoint without it is never resumed from
 DATA_STATE = "data_state.json"  # where a streaming run resumes: the next unseen row of every source
+TRAINING_DATA = "training_data.json"  # what a checkpoint was trained on: resuming on other data is refused
 
 
 def perplexity(loss):
@@ -49,9 +56,10 @@ class PretrainTrainer(Trainer):
     bits per byte = mean loss x scored tokens / bytes / ln 2, comparable across tokenizers.
     """
 
-    def __init__(self, *args, eval_sizes=None, train_in_order=False, new_rows=None, **kwargs):
+    def __init__(self, *args, eval_sizes=None, train_in_order=False, new_rows=None, training_data=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.eval_sizes, self.train_in_order, self.new_rows = eval_sizes or {}, train_in_order, new_rows
+        self.training_data = training_data
 
     def create_optimizer(self, model=None):
         created = self.optimizer is None
@@ -65,16 +73,21 @@ class PretrainTrainer(Trainer):
         # its part of the new one; a kill before the others finish would leave no complete checkpoint at all.
         # Rotation waits here until every process has written and the new checkpoint is marked complete.
         limit, self.args.save_total_limit = self.args.save_total_limit, None
+        run_dir = self._get_output_dir(trial)
+        folder = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
         try:
-            super()._save_checkpoint(model, trial)
+            with disk_full_as_user_error(folder, run_dir):
+                super()._save_checkpoint(model, trial)
         finally:
             self.args.save_total_limit = limit
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
-            run_dir = self._get_output_dir(trial)
-            folder = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-            self.save_data_state(folder)
-            open(os.path.join(folder, COMPLETE_MARKER), "w").close()
+            with disk_full_as_user_error(folder, run_dir):
+                self.save_data_state(folder)
+                if self.training_data is not None:
+                    with open(os.path.join(folder, TRAINING_DATA), "w") as f:
+                        json.dump(self.training_data, f, indent=1)
+                open(os.path.join(folder, COMPLETE_MARKER), "w").close()
             rotate_checkpoints(run_dir, limit, self.state.best_model_checkpoint, use_mtime=True)
 
     def create_scheduler(self, num_training_steps, optimizer=None):
@@ -212,19 +225,122 @@ def new_rows_learning_rate(model, num_old, training_args):
 
 def last_complete_checkpoint(folder):
     """The newest checkpoint-N in folder that was marked complete. Newer, unmarked ones (a run killed while
-    saving) are renamed incomplete-checkpoint-N: out of the checkpoint-* names that resume and the Trainer's
+    saving) are set aside as incomplete-checkpoint-N: out of the checkpoint-* names that resume and the Trainer's
     rotation (--save_total_limit) look at, which could otherwise keep it and delete a complete one."""
+    for path in reversed(checkpoint_folders(folder)):
+        if os.path.isfile(os.path.join(path, COMPLETE_MARKER)):
+            return path
+        with contextlib.suppress(FileNotFoundError):  # another process of the run set it aside first
+            logger.warning("%s was not finished (the run stopped while saving); set aside as %s", path,
+                           set_aside(path))
+    return None
+
+
+def set_aside(path):
+    """Rename an unfinished checkpoint folder to incomplete-checkpoint-N (incomplete-checkpoint-N.2, ... when a
+    save at the same step was interrupted before), never onto an existing folder; returns the new path."""
+    folder, name = os.path.split(path)
+    for n in itertools.count(1):
+        target = os.path.join(folder, f"incomplete-{name}" + (f".{n}" if n > 1 else ""))
+        if not os.path.lexists(target):
+            os.rename(path, target)  # a race with another process renaming it raises FileNotFoundError
+            return target
+
+
+def folder_size(path):
+    return sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(path) for name in names)
+
+
+def is_disk_full(error):
+    """A write that failed for want of space: ENOSPC/EDQUOT, as safetensors' Rust writer says it, or torch.save's
+    'file write failed' (its zip writer does not give the errno)."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return any(text in str(error) for text in ("No space left on device", "Disk quota exceeded", "file write failed"))
+
+
+@contextlib.contextmanager
+def disk_full_as_user_error(folder, run_dir):
+    """A full disk while saving is the user's to fix: one line with the folder, the space free and what a
+    checkpoint of this run takes, instead of a traceback. The unfinished folder keeps no complete marker, so it
+    is never resumed from. Every other failure keeps its traceback."""
+    try:
+        yield
+    except (OSError, RuntimeError, SafetensorError) as e:
+        if not is_disk_full(e):
+            raise
+        free = shutil.disk_usage(run_dir).free
+        complete = last_marked_checkpoint(run_dir)
+        size = (f"a checkpoint of this run takes {folder_size(complete) / 2**20:,.1f} MB ({complete})" if complete
+                else f"{folder_size(folder) / 2**20:,.1f} MB were written before it failed")
+        raise UserError(f"disk full while saving {folder}: {free / 2**20:,.1f} MB free, {size}; free space there "
+                        "(incomplete-checkpoint-* folders are unfinished saves and can go) or lower "
+                        "--save_total_limit, then run the same command again to resume") from None
+
+
+def checkpoint_folders(folder):
+    """The checkpoint-N folders in folder, oldest step first."""
     steps = sorted((int(m.group(1)), name) for name in os.listdir(folder)
                    if (m := re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)", name))
                    and os.path.isdir(os.path.join(folder, name)))
-    for _, name in reversed(steps):
-        path = os.path.join(folder, name)
-        if os.path.isfile(os.path.join(path, COMPLETE_MARKER)):
-            return path
-        logger.warning("%s was not finished (the run stopped while saving); renamed to incomplete-%s", path, name)
-        with contextlib.suppress(FileNotFoundError):  # another process of the run renamed it first
-            os.replace(path, os.path.join(folder, "incomplete-" + name))
-    return None
+    return [os.path.join(folder, name) for _, name in steps]
+
+
+def last_marked_checkpoint(folder):
+    """The newest checkpoint-N in folder with its complete marker, or None (renames nothing)."""
+    marked = [path for path in checkpoint_folders(folder) if os.path.isfile(os.path.join(path, COMPLETE_MARKER))]
+    return marked[-1] if marked else None
+
+
+def head_digest(path, size=1 << 16):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read(size)).hexdigest()[:16]
+
+
+def training_data(data_args, training_args, train_dataset, block_size):
+    """What fixes the rows a run trains on and their order, stored in every checkpoint and compared on resume.
+
+    Prepared rows are named by their cache folders, keyed on the files' contents, the tokenizer and the
+    options (data_utils.data_fingerprint); a stream by each file's size and first 64 KiB (hashing a corpus
+    too large to prepare would take as long as reading it). Files by name and size say what changed."""
+    paths = data_args.training_paths or [p for ps in data_args.mix_sources.values() for p in ps]
+    files = {path: os.path.getsize(path) for path in list_data_files(paths)} if paths else {}
+    if isinstance(train_dataset, StreamingRows):
+        rows = {path: head_digest(path) for path in files}
+    else:
+        rows = sorted({os.path.basename(os.path.dirname(c["filename"])) for c in train_dataset.cache_files})
+    order = training_args.data_seed if training_args.data_seed is not None else training_args.seed
+    return json.loads(json.dumps({
+        "files": files, "rows": rows, "block_size": block_size, "seed": order, "streaming": data_args.streaming,
+        **{k: getattr(data_args, k) for k in ("max_train_samples", "mix", "phases", "mix_exhausted")}}))
+
+
+def data_changes(saved, current):
+    """What differs between two training_data() records, in words: ['added b.txt', 'block_size 64 -> 128']."""
+    old, new = saved.get("files", {}), current["files"]
+    changes = [f"added {p}" for p in new if p not in old] + [f"removed {p}" for p in old if p not in new]
+    changes += [f"{p} changed size" for p in new if p in old and old[p] != new[p]]
+    changes += [f"{k} {saved.get(k)} -> {current[k]}" for k in current if k not in ("files", "rows")
+                and saved.get(k) != current[k]]
+    if not changes and saved.get("rows") != current["rows"]:
+        changes.append("file contents or data options changed")
+    return changes
+
+
+def check_resume_data(resume, current):
+    """Resuming promises the same rows in the same order: refuse a checkpoint trained on other data."""
+    path = os.path.join(resume, TRAINING_DATA) if resume else None
+    if not path or current is None:
+        return
+    if not os.path.isfile(path):
+        logger.warning("%s does not record its training data (an older checkpoint): resuming unchecked", resume)
+        return
+    with open(path) as f:
+        changes = data_changes(json.load(f), current)
+    if changes:
+        raise UserError(f"{resume} was trained on other data ({'; '.join(changes)}), so resuming would not continue "
+                        "that run; start fresh (--overwrite_output_dir, or another --output_dir), or continue its "
+                        f"weights on the new data with --init_from_checkpoint {resume} --output_dir NEW_DIR")
 
 
 def checkpoint_to_resume(training_args):
@@ -384,6 +500,9 @@ def main(argv=None):
     tokenizer = load_tokenizer(model_args)
     block_size = resolve_block_size(data_args.block_size, config)
     check_lora_modules(config, training_args)
+    if training_args.peft_path:
+        flag = "--init_from_checkpoint" if training_args.init_from_checkpoint else "--peft_path"
+        check_adapter_fits(config, len(tokenizer), training_args.peft_path, flag)
     base_tokenizer = check_vocabulary(model_args, config, tokenizer, training_args)
     if training_args.dry_run:  # before anything is written or renamed in output_dir
         lines = plan_utils.plan_lines(model_args, data_args, training_args, config, tokenizer, block_size)
@@ -398,6 +517,8 @@ def main(argv=None):
         if training_args.should_log:
             print(data_stats_line(stats, block_size, time.perf_counter() - start), flush=True)
         return None
+    data_record = training_data(data_args, training_args, train_dataset, block_size) if training_args.do_train else None
+    check_resume_data(resume, data_record)
     resume_streaming_position(train_dataset, resume, training_args)
 
     init_distributed_for_zero3(training_args)
@@ -408,13 +529,15 @@ def main(argv=None):
                               eval_dataset=eval_dataset, eval_sizes=eval_sizes, processing_class=tokenizer,
                               data_collator=data_collator(model_args, tokenizer),
                               train_in_order=bool(data_args.curriculum),
-                              new_rows=new_rows_learning_rate(model, num_old, training_args))
+                              new_rows=new_rows_learning_rate(model, num_old, training_args),
+                              training_data=data_record)
     if training_args.do_train:
         result = trainer.train(resume_from_checkpoint=resume)
         if isinstance(train_dataset, StreamingRows):
             logger.info("Documents streamed: %s", describe_documents(train_dataset.stats))
         result.metrics.update(token_throughput(trainer, result.metrics))
-        trainer.save_model()  # adapter (with modules_to_save) or full model, plus the tokenizer
+        with disk_full_as_user_error(training_args.output_dir, training_args.output_dir):
+            trainer.save_model()  # adapter (with modules_to_save) or full model, plus the tokenizer
         trainer.log_metrics("train", result.metrics)
         trainer.save_metrics("train", result.metrics)
         trainer.save_state()
