@@ -90,6 +90,14 @@ class PretrainTrainer(Trainer):
                 open(os.path.join(folder, COMPLETE_MARKER), "w").close()
             rotate_checkpoints(run_dir, limit, self.state.best_model_checkpoint, use_mtime=True)
 
+    def _run_epoch(self, *args, **kwargs):
+        # Resumed from the checkpoint of the last step (a run killed in its final save), transformers' epoch loop
+        # would train one step past --max_steps before checking it: there is nothing left to train.
+        if 0 < self.state.max_steps <= self.state.global_step:
+            self.control.should_training_stop = True
+            return None
+        return super()._run_epoch(*args, **kwargs)
+
     def create_scheduler(self, num_training_steps, optimizer=None):
         # warmup_stable_decay needs its decay length in steps; --decay_ratio gives it as a share of the run
         if self.lr_scheduler is None and self.args.lr_scheduler_type == SchedulerType.WARMUP_STABLE_DECAY:

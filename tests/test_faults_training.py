@@ -5,10 +5,12 @@ nothing already written is lost."""
 
 import json
 import os
+import random
 import re
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -72,8 +74,6 @@ def test_any_number_of_interrupted_saves_at_one_step_are_set_aside(tmp_path):
     assert (tmp_path / "incomplete-checkpoint-4.3" / "model.safetensors").read_bytes() == b"half"  # nothing lost
 
 
-# --- resuming on other data --------------------------------------------------------------------------------------
-
 def killed_after_step_2(model_dir, data, out, *extra):
     """A run whose checkpoints were written but whose final save never happened, as after a kill."""
     trainer = pretrain.main(run_flags(model_dir, data, out, 2, *extra))
@@ -83,6 +83,43 @@ def killed_after_step_2(model_dir, data, out, *extra):
             shutil.rmtree(path) if path.is_dir() else path.unlink()
     return trainer
 
+
+def checkpoint_names(out):
+    return {name for name in os.listdir(out) if name.startswith("checkpoint-")} if out.exists() else set()
+
+
+@pytest.mark.slow  # five runs, about 40 s
+def test_runs_killed_at_random_points_resume_to_the_end(tiny_model_dir, data_dir, tmp_path):
+    """SIGKILL at seeded random moments while a run saves a checkpoint every step, four times; the same command
+    then finishes the run, and every checkpoint-N left behind is complete."""
+    out, rng = tmp_path / "out", random.Random(0)
+    flags = run_flags(tiny_model_dir, data_dir, out, 12)
+    for _ in range(4):
+        proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "pretrain.py"), *flags], cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # wait for a checkpoint-N newer than any already there, then kill within the next steps and saves
+        before = checkpoint_names(out)
+        while proc.poll() is None and not checkpoint_names(out) - before:
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0, 0.3))
+        proc.kill()
+        proc.wait()
+    trainer = pretrain.main(flags)
+    assert trainer.state.global_step == 12
+    for name in checkpoint_names(out):
+        assert (out / name / pretrain.COMPLETE_MARKER).is_file(), name
+
+
+def test_a_run_killed_in_its_final_save_trains_no_step_past_max_steps(tiny_model_dir, data_dir, tmp_path):
+    """Before: resumed from checkpoint-2 of a 2-step run, transformers trained a step 3."""
+    out = tmp_path / "out"
+    killed_after_step_2(tiny_model_dir, data_dir, out)
+    trainer = pretrain.main(run_flags(tiny_model_dir, data_dir, out, 2))
+    assert trainer.state.global_step == 2 and checkpoint_names(out) == {"checkpoint-1", "checkpoint-2"}
+    assert (out / "adapter_model.safetensors").is_file()  # the final save that the kill prevented
+
+
+# --- resuming on other data --------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("streaming", [False, True], ids=["cached", "streaming"])
 def test_resume_on_other_data_stops_with_what_changed(tiny_model_dir, data_dir, tmp_path, monkeypatch, streaming):
@@ -167,6 +204,7 @@ def in_small_filesystem(folder, megabytes, commands, tmp_path):
     return proc
 
 
+@pytest.mark.slow  # three runs, about 30 s
 def test_disk_full_at_save_is_one_line_and_resume_survives_it_twice(tiny_model_dir, data_dir, tmp_path):
     """The real writers (safetensors, torch.save) on a 1 MB filesystem: a full-finetuning checkpoint of the tiny
     model takes about 0.4 MB, so the third cannot be written. Run three times, as a user would: each resumes
@@ -192,8 +230,7 @@ def test_disk_full_at_save_is_one_line_and_resume_survives_it_twice(tiny_model_d
     assert (logs / "marked").read_text().split() == [f"checkpoint-{i}" for i in range(1, step)]
 
 
-def test_disk_full_test_would_see_other_failures(tmp_path):
-    """Guard for the handler: only a failure for want of space becomes a one-line error."""
+def test_only_a_failure_for_want_of_space_becomes_a_disk_full_error(tmp_path):
     with pytest.raises(UserError, match="disk full"):
         with pretrain.disk_full_as_user_error(str(tmp_path / "checkpoint-1"), str(tmp_path)):
             raise OSError(28, "No space left on device")
