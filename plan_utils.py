@@ -62,7 +62,7 @@ def parameter_counts(config, training_args, tokenizer_size):
     with torch.device("meta"), set_zero3_state():
         model = AutoModelForCausalLM.from_config(config)
         if tokenizer_size > model.get_input_embeddings().weight.shape[0]:
-            model.resize_token_embeddings(tokenizer_size)
+            model.resize_token_embeddings(tokenizer_size, mean_resizing=False)  # no values on meta to average
         if training_args.full_finetuning:
             model_utils.freeze(model, training_args.freeze_modules)
         else:

@@ -48,6 +48,22 @@ def test_dry_run_prints_the_plan_of_the_prepared_data_and_trains_nothing(tiny_mo
     assert total > trainable
 
 
+def test_dry_run_plans_a_grown_vocabulary(tiny_model_dir, corpus_dir, tmp_path, capsys):
+    """Before: resizing the meta-device embeddings averaged rows that hold no values, a traceback."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer.add_tokens(["Tiếng", "người"])
+    tokenizer.save_pretrained(tmp_path / "extended")
+    flags = ["--model_name_or_path", tiny_model_dir, "--tokenizer_name_or_path", str(tmp_path / "extended"),
+             "--modules_to_save", "embed_tokens,lm_head", "--dataset_dir", corpus_dir, "--block_size", "16",
+             "--output_dir", str(tmp_path / "out"), "--data_cache_dir", str(tmp_path / "cache")]
+    assert pretrain.main(flags + ["--dry_run"]) is None
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("parameters"))
+    trainable = numbers(line)[0]
+    assert trainable == 2 * 8 * (32 + 32) * 2 + 2 * 8 * (32 + 16) * 2 + 3 * 2 * 8 * (32 + 64) + (len(tokenizer)) * 32
+
+
 def test_a_large_corpus_is_counted_in_full_but_tokenized_from_a_sample(tiny_model_dir, tmp_path):
     data = tmp_path / "data"
     data.mkdir()
