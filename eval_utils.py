@@ -11,7 +11,9 @@
 
 import contextlib
 import json
+import logging
 import math
+import os
 from collections import Counter
 
 import torch
@@ -20,6 +22,8 @@ from tqdm.auto import tqdm
 
 from arguments import UserError
 from data_utils import IGNORE_INDEX, PackedCollator
+
+logger = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -136,24 +140,37 @@ def choice_logliks(model, tokenizer, prompt, choices):
     return [-n for n in nats]
 
 
+def utf8_lines(path):
+    """(line number, text) of each line of a small text file; a line that is not UTF-8 is a UserError naming
+    the file and line."""
+    offset = 0
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                yield lineno, raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise UserError(f"{path}:{lineno}: not UTF-8 at byte offset {offset + e.start}; convert the file to "
+                                "UTF-8 (e.g. iconv -f LATIN1 -t UTF-8)") from None
+            offset += len(raw)
+
+
 def read_probes(path):
     """Knowledge probes from JSONL: {"prompt", "answer", "distractors": [...]} a line."""
     probes = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                probe = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{lineno}:{e.colno}: invalid JSON: {e.msg}") from None
-            missing = [k for k in ("prompt", "answer", "distractors") if k not in probe]
-            if missing:
-                raise UserError(f"{path}:{lineno}: a probe needs prompt, answer and distractors; missing "
-                                f"{', '.join(missing)}")
-            if not isinstance(probe["distractors"], list) or not probe["distractors"]:
-                raise UserError(f"{path}:{lineno}: distractors must be a non-empty list of wrong answers")
-            probes.append(probe)
+    for lineno, line in utf8_lines(path):
+        if not line.strip():
+            continue
+        try:
+            probe = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}:{lineno}:{e.colno}: invalid JSON: {e.msg}") from None
+        missing = [k for k in ("prompt", "answer", "distractors") if k not in probe]
+        if missing:
+            raise UserError(f"{path}:{lineno}: a probe needs prompt, answer and distractors; missing "
+                            f"{', '.join(missing)}")
+        if not isinstance(probe["distractors"], list) or not probe["distractors"]:
+            raise UserError(f"{path}:{lineno}: distractors must be a non-empty list of wrong answers")
+        probes.append(probe)
     return probes
 
 
@@ -189,23 +206,58 @@ def greedy_completions(model, tokenizer, prompts, max_new_tokens=24):
     return out
 
 
-def read_texts(paths, text_column=None):
+def read_texts(paths, text_column=None, skipped=None):
     """The documents of evaluation files or folders (one path or a list), read and cleaned exactly as training
-    data is."""
+    data is. skipped: None stops at the first bad record (a UserError naming file and line); a Counter skips
+    bad records and unreadable files and counts them, as --skip_bad_records does in training."""
     from data_utils import clean_documents, list_data_files, read_documents
 
     files = list_data_files([paths] if isinstance(paths, str) else paths)
-    return list(clean_documents((doc for f in files for doc in read_documents(f, text_column)), Counter()))
+    documents = (doc for f in files for doc in read_documents(f, text_column, skipped=skipped))
+    return list(clean_documents(documents, Counter()))
 
 
-def read_eval_inputs(eval_files=None, probe_files=None):
+def skipped_summary(skipped):
+    """'bad files: 1, bad records: 3' from read_texts' skipped counts.
+
+    >>> skipped_summary(Counter(skipped_bad_records=3, skipped_bad_files=1))
+    'bad files: 1, bad records: 3'
+    """
+    return ", ".join(f"{key[len('skipped_'):].replace('_', ' ')}: {n}" for key, n in sorted(skipped.items()) if n)
+
+
+def read_eval_set(name, path, skip_bad_records=False):
+    """The documents of one --eval_files set; a missing or empty one is a UserError naming it."""
+    where = f"--eval_files {name}={path}"
+    if not os.path.exists(path):
+        raise UserError(f"{where}: no such file or directory")
+    skipped = Counter() if skip_bad_records else None
+    texts = read_texts(path, skipped=skipped)
+    if skipped:
+        logger.warning("%s: skipped %s (--skip_bad_records)", where, skipped_summary(skipped))
+    if not texts:
+        raise UserError(f"{where}: no text in it")
+    return texts
+
+
+def read_probe_set(name, path):
+    """The probes of one --probes file; a missing or empty one is a UserError naming it."""
+    where = f"--probes {name}={path}"
+    if not os.path.isfile(path):
+        raise UserError(f"{where}: {'a folder' if os.path.isdir(path) else 'no such file'}; give a JSONL file of "
+                        "probes")
+    probes = read_probes(path)
+    if not probes:
+        raise UserError(f"{where}: no probes in it; give one JSON object with prompt, answer and distractors a line")
+    return probes
+
+
+def read_eval_inputs(eval_files=None, probe_files=None, skip_bad_records=False):
     """({name: documents}, {name: probes}) read once from {name: path} maps, before any model loads: a bad file
-    stops the run at once, and several models are then scored on the same data."""
-    texts = {name: read_texts(path) for name, path in (eval_files or {}).items()}
-    for name, docs in texts.items():
-        if not docs:
-            raise UserError(f"--eval_files {name}={eval_files[name]}: no text in it")
-    return texts, {name: read_probes(path) for name, path in (probe_files or {}).items()}
+    stops the run at once, and several models are then scored on the same data. skip_bad_records: skip and
+    count the eval files' bad records instead (probes are always read whole)."""
+    texts = {name: read_eval_set(name, path, skip_bad_records) for name, path in (eval_files or {}).items()}
+    return texts, {name: read_probe_set(name, path) for name, path in (probe_files or {}).items()}
 
 
 def evaluate_model(model, tokenizer, eval_texts=None, probes=None, prompts=(), block_size=None, batch_size=8):

@@ -17,12 +17,11 @@ import os
 import sys
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from arguments import UserError, named_paths, run_script, split_list
 from eval_utils import evaluate_model, flat_figures, read_eval_inputs
-from merge_lora import adapter_model
-from model_utils import drop_gguf_marker, named_load_errors
+from model_utils import adapter_model, checked_adapter, drop_gguf_marker, named_load_errors
 
 
 def load_for_eval(model_path, adapter=None, gguf_file=None, dtype="float32"):
@@ -32,7 +31,7 @@ def load_for_eval(model_path, adapter=None, gguf_file=None, dtype="float32"):
         if not os.path.isfile(os.path.join(adapter, "adapter_config.json")):
             raise UserError(f"--adapter {adapter}: no adapter_config.json there; give a LoRA adapter folder")
         with named_load_errors("--adapter", adapter):
-            model, tokenizer = adapter_model(model_path, adapter, gguf_file, dtype)
+            model, tokenizer = adapter_model(model_path, adapter, gguf_file, dtype, flag="--adapter")
     else:
         with named_load_errors("--model_name_or_path", model_path):
             model = AutoModelForCausalLM.from_pretrained(model_path, gguf_file=gguf_file, dtype=getattr(torch, dtype))
@@ -79,6 +78,10 @@ def parse(argv):
                         "reads): bits per byte, loss and perplexity of each.")
     parser.add_argument("--probes", default="", help="name=path,... of JSONL knowledge probes (prompt, answer, "
                         "distractors): accuracy by log-likelihood.")
+    parser.add_argument("--skip_bad_records", action="store_true",
+                        help="Skip and count bad records of --eval_files (a broken JSONL line, a document that is not "
+                        "UTF-8, an unreadable .json/.csv file), as pretrain.py does with it, instead of stopping at "
+                        "the first one with its file and line. Probes are always read whole.")
     parser.add_argument("--prompts", nargs="*", default=[], help="Prompts to complete greedily, shown side by side.")
     parser.add_argument("--output_dir", required=True, help="Where report.json and report.md are written.")
     parser.add_argument("--block_size", type=int, help="Tokens the model reads a window. Default: its context, "
@@ -99,7 +102,7 @@ def main(argv=None):
     probe_files = named_paths(split_list(args.probes), "--probes")
     if not eval_files and not probe_files:
         raise UserError("nothing to evaluate: give --eval_files name=path,... and/or --probes name=path,...")
-    texts, probes = read_eval_inputs(eval_files, probe_files)
+    texts, probes = read_eval_inputs(eval_files, probe_files, args.skip_bad_records)
     models = named_paths(args.model_name_or_path, "--model_name_or_path", folder_name)
     base = next(iter(models.values()))
     adapters = named_paths(args.adapter, "--adapter", folder_name)
@@ -108,6 +111,10 @@ def main(argv=None):
                         "name=path")
     runs = [(name, path, None) for name, path in models.items()] + [(name, base, path)
                                                                      for name, path in adapters.items()]
+    for adapter in adapters.values():  # an adapter of another base stops here, before any model loads
+        with named_load_errors("--model_name_or_path", base):
+            config = AutoConfig.from_pretrained(base, gguf_file=args.gguf_file)
+        checked_adapter(base, adapter, args.gguf_file, "--adapter", config)
     results, sources = {}, {}
     for name, path, adapter in runs:
         print(f"Evaluating {name}: {path}" + (f" + adapter {adapter}" if adapter else ""), file=sys.stderr)

@@ -2,21 +2,26 @@
 changed: tokens per byte before and after, and decode(encode(x)) == x, on held-out text of each language.
 
     python extend_tokenizer.py --tokenizer_name_or_path BASE --train_files vi.jsonl --num_new_tokens 8000 \\
-        --output_dir OUT [--eval_files en=en.txt] [--pad_to_multiple_of 64] [--add_words words.txt]
+        --output_dir OUT [--eval_files en=en.txt] [--pad_to_multiple_of 64] [--add_words words.txt] \\
+        [--skip_bad_records] [--overwrite_output_dir]
 
 Works for byte-level BPE tokenizer.json tokenizers (GPT-2, SmolLM2, Llama-3, Qwen) and SentencePiece
 tokenizer.model ones (Llama-2, Mistral). OUT loads with AutoTokenizer.from_pretrained; give it to pretrain.py
 as --tokenizer_name_or_path with the base model as --model_name_or_path, and the embeddings grow to match.
+OUT appears only once complete; an existing non-empty OUT is refused unless --overwrite_output_dir, which replaces
+only the files written here.
 """
 
 import argparse
 import json
 import os
 import sys
+from collections import Counter
 
 import eval_utils
-from arguments import UserError, split_list
+from arguments import UserError, run_script, split_list
 from data_utils import split_documents
+from output_utils import check_output_dir, staged_output_dir
 
 
 def parse_args(argv):
@@ -28,7 +33,15 @@ def parse_args(argv):
                         help="Target-language text the new vocabulary is learned on (.txt, .jsonl, .json, .csv, "
                         ".parquet or folders, read as pretrain.py reads them).")
     parser.add_argument("--text_column", help="Field holding the text in .jsonl/.json/.csv/.parquet files.")
-    parser.add_argument("--output_dir", required=True, help="Where the extended tokenizer folder is written.")
+    parser.add_argument("--output_dir", required=True, help="Where the extended tokenizer folder is written: a new "
+                        "or empty folder, apart from the base tokenizer and the corpus.")
+    parser.add_argument("--overwrite_output_dir", action="store_true",
+                        help="Write into an existing non-empty --output_dir, replacing the files of the same names "
+                        "(other files are kept). Off: such a folder is refused.")
+    parser.add_argument("--skip_bad_records", action="store_true",
+                        help="Skip and count bad records of --train_files and --eval_files (a broken JSONL line, a "
+                        "document that is not UTF-8, an unreadable .json/.csv file), as pretrain.py does with it, "
+                        "instead of stopping at the first one with its file and line.")
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--num_new_tokens", type=int, help="How many tokens to learn on --train_files.")
     size.add_argument("--target_vocab_size", type=int, help="Learn tokens until the tokenizer has this many.")
@@ -59,62 +72,80 @@ def parse_args(argv):
     return args
 
 
-def read_texts(paths, text_column):
-    """Cleaned documents of the given files or folders, as pretrain.py reads them."""
+def read_texts(paths, text_column, skipped):
+    """Cleaned documents of the --train_files files or folders, as pretrain.py reads them."""
     for path in paths:
         if not os.path.exists(path):
             raise UserError(f"--train_files {path}: no such file or directory")
-    texts = eval_utils.read_texts(paths, text_column)
+    texts = eval_utils.read_texts(paths, text_column, skipped)
     if not texts:
         raise UserError(f"--train_files {' '.join(paths)}: no documents with text")
     return texts
 
 
-def named_eval_texts(spec, held_out, text_column):
-    """{name: documents}: the held-out part of --train_files ('train_held_out') and each --eval_files set."""
-    sets = {"train_held_out": held_out} if held_out else {}
+def eval_file_paths(spec):
+    """{name: path} of --eval_files 'name=path,...'."""
+    paths = {}
     for item in split_list(spec):
         name, sep, path = item.partition("=")
         if not sep or not os.path.exists(path):
             raise UserError(f"--eval_files {item!r}: expected name=path of an existing file")
-        sets[name] = read_texts([path], text_column)
+        paths[name] = path
+    return paths
+
+
+def named_eval_texts(spec, held_out, text_column, skipped):
+    """{name: documents}: the held-out part of --train_files ('train_held_out') and each --eval_files set."""
+    sets = {"train_held_out": held_out} if held_out else {}
+    for name, path in eval_file_paths(spec).items():
+        sets[name] = eval_utils.read_texts(path, text_column, skipped)
+        if not sets[name]:
+            raise UserError(f"--eval_files {name}={path}: no documents with text")
     return sets
 
 
-def words_to_add(args, train_texts):
-    """The quick path's words: --add_words' lines, then --add_missing_chars' characters."""
-    from transformers import AutoTokenizer
-
-    words = []
-    if args.add_words:
-        if not os.path.isfile(args.add_words):
-            raise UserError(f"--add_words {args.add_words}: no such file")
-        with open(args.add_words, encoding="utf-8") as f:
-            words = [line.strip() for line in f if line.strip()]
-    if args.add_missing_chars:
-        from vocab_utils import missing_characters
-
-        words += missing_characters(AutoTokenizer.from_pretrained(args.tokenizer_name_or_path), train_texts)
+def read_words(path):
+    """--add_words' words: its non-blank lines, stripped."""
+    if not os.path.isfile(path):
+        raise UserError(f"--add_words {path}: no such file")
+    words = [line.strip() for _, line in eval_utils.utf8_lines(path) if line.strip()]
+    if not words:
+        raise UserError(f"--add_words {path}: no words in it; give one word a line")
     return words
+
+
+def output_inputs(args):
+    """(flag, path) of every input, none of which --output_dir may be, hold or lie inside."""
+    return ([("--tokenizer_name_or_path", args.tokenizer_name_or_path)] +
+            [("--train_files", p) for p in args.train_files] +
+            [("--eval_files", p) for p in eval_file_paths(args.eval_files).values()])
 
 
 def main(argv=None):
     from transformers import AutoTokenizer
 
-    from vocab_utils import extend_tokenizer, tokenizer_family, tokens_per_byte_report
+    from vocab_utils import extend_tokenizer, missing_characters, tokenizer_family, tokens_per_byte_report
 
     args = parse_args(argv)
+    check_output_dir(args.output_dir, args.overwrite_output_dir, output_inputs(args))
     tokenizer_family(args.tokenizer_name_or_path)  # fail before reading any corpus
-    train, held_out = split_documents(read_texts(args.train_files, args.text_column), args.validation_split_percentage)
-    eval_sets = named_eval_texts(args.eval_files, held_out, args.text_column)
+    words = read_words(args.add_words) if args.add_words else []
+    skipped = Counter() if args.skip_bad_records else None
+    train, held_out = split_documents(read_texts(args.train_files, args.text_column, skipped),
+                                      args.validation_split_percentage)
+    eval_sets = named_eval_texts(args.eval_files, held_out, args.text_column, skipped)
+    if skipped:
+        print(f"skipped (--skip_bad_records): {eval_utils.skipped_summary(skipped)}", file=sys.stderr)
+    if args.add_missing_chars:
+        words += missing_characters(AutoTokenizer.from_pretrained(args.tokenizer_name_or_path), train)
     plan = {"num_new_tokens": args.num_new_tokens, "target_vocab_size": args.target_vocab_size,
-            "pad_to_multiple_of": args.pad_to_multiple_of, "words": words_to_add(args, train),
-            "model_type": args.model_type}
-    record = extend_tokenizer(args.tokenizer_name_or_path, train, plan, args.output_dir)
-    base, extended = (AutoTokenizer.from_pretrained(p) for p in (args.tokenizer_name_or_path, args.output_dir))
-    report = {name: tokens_per_byte_report(base, extended, texts) for name, texts in eval_sets.items()}
-    with open(os.path.join(args.output_dir, "tokens_per_byte.json"), "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=1)
+            "pad_to_multiple_of": args.pad_to_multiple_of, "words": words, "model_type": args.model_type}
+    with staged_output_dir(args.output_dir) as folder:  # a crash leaves nothing half-written at --output_dir
+        record = extend_tokenizer(args.tokenizer_name_or_path, train, plan, folder)
+        base, extended = (AutoTokenizer.from_pretrained(p) for p in (args.tokenizer_name_or_path, folder))
+        report = {name: tokens_per_byte_report(base, extended, texts) for name, texts in eval_sets.items()}
+        with open(os.path.join(folder, "tokens_per_byte.json"), "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=1)
     print(f"{record['base_size']} -> {record['size']} tokens ({len(record['trained_tokens'])} learned, "
           f"{len(record['added_words_or_characters'])} words or characters added)")
     for name, r in report.items():
@@ -126,8 +157,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_script(main)

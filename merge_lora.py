@@ -1,68 +1,90 @@
 """Merge a LoRA adapter (with its modules_to_save) into its base model and save a plain model folder.
 
-    python merge_lora.py --base_model BASE --lora_model ADAPTER --output_dir MERGED [--gguf_file F]
+    python merge_lora.py --base_model BASE --lora_model ADAPTER --output_dir MERGED [--gguf_file F] \\
+        [--overwrite_output_dir]
 
 The result loads with AutoModelForCausalLM.from_pretrained (and vLLM); the adapter's tokenizer is saved beside
-it, and tied input/output embeddings stay tied.
+it, and tied input/output embeddings stay tied. MERGED appears only once complete; an existing non-empty MERGED
+is refused unless --overwrite_output_dir, which replaces only the files written here.
 """
 
 import argparse
+import json
 import os
-import shutil
 import sys
 
-import torch
-from peft import PeftModel
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig
 
-from model_utils import drop_gguf_marker
+from arguments import UserError, run_script
+from model_utils import merged_model
+from output_utils import check_output_dir, staged_output_dir
 
-
-def adapter_model(base_model, lora_model, gguf_file=None, dtype="float32"):
-    """(PeftModel, tokenizer): the base model with the adapter loaded, and the tokenizer saved with the adapter.
-
-    An adapter trained with an extended vocabulary carries the grown embeddings in full (modules_to_save), so
-    the base embeddings are first resized to the adapter's tokenizer; their new rows are then replaced by the
-    adapter's."""
-    base = AutoModelForCausalLM.from_pretrained(base_model, gguf_file=gguf_file, dtype=getattr(torch, dtype))
-    if gguf_file:
-        drop_gguf_marker(base)
-    tokenizer = AutoTokenizer.from_pretrained(lora_model)
-    if len(tokenizer) > base.get_input_embeddings().weight.shape[0]:
-        base.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-    return PeftModel.from_pretrained(base, lora_model), tokenizer
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "tokenizer.model")
 
 
-def merged_model(base_model, lora_model, gguf_file=None, dtype="float32"):
-    """The base model with the adapter merged in (a plain transformers model), and the adapter's tokenizer."""
-    model, tokenizer = adapter_model(base_model, lora_model, gguf_file, dtype)
-    model = model.merge_and_unload()
-    model.config.use_cache = True  # training turned it off; inference wants it
-    return model, tokenizer
+def check_adapter_folder(path, flag):
+    """A UserError unless path is a LoRA adapter folder as pretrain.py saves it: adapter_config.json (readable
+    JSON), the adapter weights and the tokenizer."""
+    if not os.path.isdir(path):
+        raise UserError(f"{flag} {path}: no such folder; give the LoRA adapter folder pretrain.py wrote")
+    parts = {"adapter_config.json": ("adapter_config.json",), ADAPTER_WEIGHTS[0]: ADAPTER_WEIGHTS,
+             "tokenizer (tokenizer_config.json)": TOKENIZER_FILES}
+    missing = [part for part, names in parts.items() if not any(os.path.isfile(os.path.join(path, n)) for n in names)]
+    if missing:
+        raise UserError(f"{flag} {path}: no {missing[0]} there; give a LoRA adapter folder saved with its tokenizer, "
+                        "as pretrain.py saves it")
+    try:
+        with open(os.path.join(path, "adapter_config.json"), encoding="utf-8") as f:
+            json.load(f)
+    except (OSError, ValueError) as e:  # unreadable, not UTF-8 or not JSON
+        raise UserError(f"{flag} {path}: cannot read adapter_config.json: {e}") from None
 
 
-def main(argv=None):
+def base_config(path, gguf_file=None, flag="--base_model"):
+    """The base model's config, read before any weight loads; a path that holds no model is a UserError."""
+    if os.path.exists(path):
+        needed = gguf_file or "config.json"
+        if not os.path.isfile(os.path.join(path, needed)):
+            raise UserError(f"{flag} {path}: no {needed} there; give the folder of the model the adapter was "
+                            "trained on" + (" (--gguf_file names a file inside it)" if gguf_file else ""))
+    elif os.path.isabs(path) or path.startswith("."):
+        raise UserError(f"{flag} {path}: no such folder")
+    try:
+        return AutoConfig.from_pretrained(path, gguf_file=gguf_file)
+    except (OSError, ValueError) as e:  # unreadable, not JSON, no model_type, or a hub id that is not there
+        where = "cannot load its config" if os.path.exists(path) else "no such folder, nor a model on the hub"
+        raise UserError(f"{flag} {path}: {where}: {str(e).strip().splitlines()[0]}") from None
+
+
+def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--base_model", required=True, help="Base model folder or hub id the adapter was trained on.")
     parser.add_argument("--lora_model", required=True, help="Adapter folder written by pretrain.py.")
-    parser.add_argument("--output_dir", required=True, help="Where the merged model is written.")
+    parser.add_argument("--output_dir", required=True, help="Where the merged model is written: a new or empty "
+                        "folder, neither the base's nor the adapter's.")
+    parser.add_argument("--overwrite_output_dir", action="store_true",
+                        help="Write into an existing non-empty --output_dir, replacing the files of the same names "
+                        "(other files are kept). Off: such a folder is refused.")
     parser.add_argument("--gguf_file", help="GGUF file inside --base_model, if the base is a GGUF.")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                         help="dtype of the merged weights.")
-    args = parser.parse_args(argv)
-    if not os.path.isfile(os.path.join(args.lora_model, "adapter_config.json")):
-        print(f"error: --lora_model {args.lora_model}: no adapter_config.json there", file=sys.stderr)
-        return 2
-    model, tokenizer = merged_model(args.base_model, args.lora_model, args.gguf_file, args.dtype)
-    tmp = args.output_dir.rstrip("/") + ".tmp"  # written aside and renamed: never a half-written model
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(args.output_dir, ignore_errors=True)
-    os.replace(tmp, args.output_dir)
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    check_output_dir(args.output_dir, args.overwrite_output_dir,
+                     [("--base_model", args.base_model), ("--lora_model", args.lora_model)])
+    check_adapter_folder(args.lora_model, "--lora_model")
+    config = base_config(args.base_model, args.gguf_file)
+    model, tokenizer = merged_model(args.base_model, args.lora_model, args.gguf_file, args.dtype, config)
+    with staged_output_dir(args.output_dir) as folder:  # a crash leaves nothing half-written at --output_dir
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
     print(f"merged model written to {args.output_dir}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

@@ -6,6 +6,7 @@ built, checked and loaded the same way in training, planning, merging and evalua
 """
 
 import contextlib
+import copy
 import logging
 import os
 import sys
@@ -262,7 +263,7 @@ def check_adapter_fits(config, vocab_size, adapter_dir, flag):
     adapter_config = PeftConfig.from_pretrained(adapter_dir)
     base = f" ({adapter_config.base_model_name_or_path})" if adapter_config.base_model_name_or_path else ""
     with torch.device("meta"), set_zero3_state():
-        model = AutoModelForCausalLM.from_config(config)
+        model = AutoModelForCausalLM.from_config(copy.deepcopy(config))  # resizing would change the caller's config
         if vocab_size > model.get_input_embeddings().weight.shape[0]:
             model.resize_token_embeddings(vocab_size, mean_resizing=False)
         model = get_peft_model(model, adapter_config)
@@ -278,3 +279,38 @@ def check_adapter_fits(config, vocab_size, adapter_dir, flag):
         if keys:
             raise UserError(f"{flag} {adapter_dir}: {what} ({len(keys)} tensors, e.g. {keys[0]}): it was trained on "
                             f"a base model with other layers{base}; give that one as the base")
+
+
+def checked_adapter(base_model, lora_model, gguf_file=None, flag="--lora_model", config=None):
+    """(base config, adapter's tokenizer), once the adapter is known to fit the base (check_adapter_fits)."""
+    tokenizer = AutoTokenizer.from_pretrained(lora_model)
+    config = config or AutoConfig.from_pretrained(base_model, gguf_file=gguf_file)
+    check_adapter_fits(config, len(tokenizer), lora_model, flag)
+    return config, tokenizer
+
+
+def adapter_model(base_model, lora_model, gguf_file=None, dtype="float32", config=None, flag="--lora_model"):
+    """(PeftModel, tokenizer): the base model with the adapter loaded, and the tokenizer saved with the adapter;
+    an adapter of another base stops before any weight loads (check_adapter_fits).
+
+    An adapter trained with an extended vocabulary carries the grown embeddings in full (modules_to_save), so
+    the base embeddings are first resized to the adapter's tokenizer; their new rows are then replaced by the
+    adapter's. config: the base's, when already read."""
+    from peft import PeftModel
+
+    config, tokenizer = checked_adapter(base_model, lora_model, gguf_file, flag, config)
+    base = AutoModelForCausalLM.from_pretrained(base_model, config=config, gguf_file=gguf_file,
+                                                dtype=getattr(torch, dtype))
+    if gguf_file:
+        drop_gguf_marker(base)
+    if len(tokenizer) > base.get_input_embeddings().weight.shape[0]:
+        base.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    return PeftModel.from_pretrained(base, lora_model), tokenizer
+
+
+def merged_model(base_model, lora_model, gguf_file=None, dtype="float32", config=None):
+    """The base model with the adapter merged in (a plain transformers model), and the adapter's tokenizer."""
+    model, tokenizer = adapter_model(base_model, lora_model, gguf_file, dtype, config)
+    model = model.merge_and_unload()
+    model.config.use_cache = True  # training turned it off; inference wants it
+    return model, tokenizer

@@ -19,7 +19,6 @@ import io
 import json
 import math
 import os
-import shutil
 import unicodedata
 from collections import Counter
 
@@ -443,24 +442,20 @@ def extend_sentencepiece(base_dir, texts, plan, output_dir):
 
 
 def extend_tokenizer(base_dir, texts, plan, output_dir):
-    """Extend the tokenizer in base_dir with new vocabulary for texts and write it to output_dir (replaced only
-    once complete). plan: {'num_new_tokens', 'target_vocab_size', 'pad_to_multiple_of', 'words',
-    'model_type'}. Returns the record written beside it (vocab_extension.json)."""
+    """Extend the tokenizer in base_dir with new vocabulary for texts and write it into output_dir, a fresh
+    folder the caller moves into place once everything is written (output_utils.staged_output_dir). plan:
+    {'num_new_tokens', 'target_vocab_size', 'pad_to_multiple_of', 'words', 'model_type'}. Returns the record
+    written beside it (vocab_extension.json)."""
     from transformers import AutoTokenizer
 
     family = tokenizer_family(base_dir)
-    tmp = output_dir.rstrip("/") + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    added = (extend_sentencepiece if family == "sentencepiece" else extend_byte_level)(base_dir, texts, plan, tmp)
+    added = (extend_sentencepiece if family == "sentencepiece" else extend_byte_level)(base_dir, texts, plan,
+                                                                                        output_dir)
     if not added["words"] and not added["trained"]:
-        shutil.rmtree(tmp)
         raise UserError("the base vocabulary already contains every word and character asked for; nothing to add")
-    record = {"base_tokenizer": base_dir, "family": family,
-              "base_size": len(AutoTokenizer.from_pretrained(base_dir)), "size": len(AutoTokenizer.from_pretrained(tmp)),
-              "added_words_or_characters": added["words"], "trained_tokens": added["trained"]}
-    with open(os.path.join(tmp, RECORD_FILE), "w", encoding="utf-8") as f:
+    record = {"base_tokenizer": base_dir, "family": family, "base_size": len(AutoTokenizer.from_pretrained(base_dir)),
+              "size": len(AutoTokenizer.from_pretrained(output_dir)), "added_words_or_characters": added["words"],
+              "trained_tokens": added["trained"]}
+    with open(os.path.join(output_dir, RECORD_FILE), "w", encoding="utf-8") as f:
         json.dump(record, f, indent=1, ensure_ascii=False)
-    shutil.rmtree(output_dir, ignore_errors=True)
-    os.replace(tmp, output_dir)
     return record

@@ -12,7 +12,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import evaluate_lm
-import merge_lora
+import model_utils
 from arguments import UserError
 from conftest import ROOT
 from eval_utils import bits_per_byte, read_texts
@@ -32,7 +32,7 @@ def adapter_and_merged(tiny_model_dir, tmp_path_factory):
     model.save_pretrained(adapter)
     AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(adapter)
     merged = str(tmp_path_factory.mktemp("merged"))
-    merged_model, tokenizer = merge_lora.merged_model(tiny_model_dir, adapter)
+    merged_model, tokenizer = model_utils.merged_model(tiny_model_dir, adapter)
     merged_model.save_pretrained(merged)
     tokenizer.save_pretrained(merged)
     return adapter, merged

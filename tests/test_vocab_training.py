@@ -80,7 +80,7 @@ def test_adapter_loads_onto_the_base_with_the_extended_tokenizer(lora_run, tiny_
     trainer, out = lora_run
     ids = AutoTokenizer.from_pretrained(out)(VIETNAMESE[0], add_special_tokens=False)["input_ids"]
     assert max(ids) >= len(AutoTokenizer.from_pretrained(tiny_model_dir))  # new tokens in the input
-    loaded, tokenizer = merge_lora.adapter_model(tiny_model_dir, out)
+    loaded, tokenizer = model_utils.adapter_model(tiny_model_dir, out)
     assert len(tokenizer) == loaded.get_input_embeddings().weight.shape[0]
     torch.testing.assert_close(logits(loaded, ids), logits(trainer.model, ids), atol=1e-5, rtol=0)
 
