@@ -123,7 +123,7 @@ def main(argv=None):
     tokenizer_dir = os.path.join(args.output_dir, "tokenizer")
     report = extend_tokenizer.main(["--tokenizer_name_or_path", args.model, "--train_files", VIETNAMESE,
                                     "--num_new_tokens", str(args.num_new_tokens), "--output_dir", tokenizer_dir,
-                                    "--eval_files", f"en={ENGLISH}"])
+                                    "--eval_files", f"en={ENGLISH}", "--overwrite_output_dir"])
     base, extended = before_training(args, tokenizer_dir, sets)
     results = {"tokens_per_byte": report, "bpb_before_training": {"base": base, "extended": extended},
                "settings": vars(args)}
