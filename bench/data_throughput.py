@@ -3,8 +3,8 @@ transformers' run_clm.py data path and against the fast tokenizer's own batch en
 
     python bench/data_throughput.py [--tokenizer .cache/smollm2] [--corpus_mb 16] [--block_size 1024]
 
-The corpus is built in a temporary folder from the shared Vietnamese and English corpora
-(../shared/corpora): documents repeated with variation (each copy's paragraphs in another order, under a
+The corpus is built in a temporary folder from the committed Vietnamese and English corpora
+(examples/corpora): documents repeated with variation (each copy's paragraphs in another order, under a
 numbered title), so exact dedupe keeps every copy; half the bytes Vietnamese, half English. It is deleted
 afterwards. Arms:
   ceiling       the fast tokenizer's encode_batch_fast over the documents already in memory (every core), and
@@ -47,7 +47,7 @@ from transformers import AutoTokenizer  # noqa: E402
 import data_utils  # noqa: E402
 from arguments import DataArguments  # noqa: E402
 
-CORPORA = os.path.join(ROOT, "..", "shared", "corpora")
+CORPORA = os.path.join(ROOT, "examples", "corpora")  # committed real text (see its README)
 
 
 def source_documents():

@@ -4,7 +4,7 @@ text mixed in, side by side: held-out domain and general bits per byte before an
     python bench/forgetting.py [--domain vi|pydocs] [--config CONFIG] [--max_steps 40] [--arms replay,no_replay]
 
 --domain vi (language adaptation): the domain is Vietnamese man pages, general text the English Python
-documentation (../shared/corpora). --domain pydocs (domain adaptation in a language the model reads): the
+documentation (examples/corpora). --domain pydocs (domain adaptation in a language the model reads): the
 domain is the Python documentation, general text the docstrings of Python's standard library. Each corpus is
 split by a hash of each document into training and held-out documents; evaluated text is never trained on.
 Both arms train the same number of steps (the same tokens); the replay arm's rows are ~20% general text.
@@ -24,7 +24,7 @@ sys.path.insert(0, ROOT)
 import pretrain  # noqa: E402
 from data_utils import clean_documents, document_hash_fraction, read_documents  # noqa: E402
 
-CORPORA = os.path.join(ROOT, "..", "shared", "corpora")
+CORPORA = os.path.join(ROOT, "examples", "corpora")  # committed real text (see its README)
 RECIPES = {"vi": ("language_adaptation.yaml", "pydocs"), "pydocs": ("domain_adaptation.yaml", "stdlib")}
 
 

@@ -2,7 +2,7 @@
 
     python bench/streaming_memory.py [--sizes_mb 50,1024] [--tokenizer word|PATH]
 
-Each corpus (built in a temporary folder from the shared corpora as bench/data_throughput.py does, and
+Each corpus (built in a temporary folder from the committed corpora as bench/data_throughput.py does, and
 deleted afterwards) goes through the whole streaming data path, every document of it, in a child process:
 files -> read a line at a time -> clean (NFC, control characters, short, exact dedupe) -> hash split ->
 tokenize 1000 documents at a time -> pack -> DataLoader with PackedCollator (batches of 8 rows of 1024),

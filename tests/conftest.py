@@ -12,7 +12,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-CORPORA = os.path.join(ROOT, "..", "shared", "corpora")
+CORPORA = os.path.join(ROOT, "examples", "corpora")  # committed real text (see its README)
 
 TRAINING_TEXT = [
     "The quick brown fox jumps over the lazy dog.",

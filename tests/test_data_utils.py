@@ -471,7 +471,7 @@ def real_mix_args(cache, **kw):
 
 
 def test_mix_token_shares_hold_on_real_corpora(mix_cache, tiny_tokenizer):
-    """Vietnamese 0.8 + English replay 0.2 from the shared corpora: measured shares within 2 percent at every
+    """Vietnamese 0.8 + English replay 0.2 from the committed corpora: measured shares within 2 percent at every
     tenth of the run, whichever source runs out first (English is larger here, Vietnamese is cycled)."""
     for exhausted in ("cycle", "stop"):
         args = real_mix_args(mix_cache, mix_exhausted=exhausted)

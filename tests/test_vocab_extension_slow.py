@@ -15,13 +15,7 @@ VIETNAMESE = os.path.join(CORPORA, "manpages-vi.jsonl")
 ENGLISH = os.path.join(CORPORA, "pydocs-en.txt")
 
 
-@pytest.fixture(scope="module")
-def corpora():
-    if not (os.path.isfile(VIETNAMESE) and os.path.isfile(ENGLISH)):
-        pytest.skip(f"the shared corpora are not in {CORPORA}")
-
-
-def test_smollm2_extension_for_vietnamese(smollm2_dir, corpora, tmp_path):
+def test_smollm2_extension_for_vietnamese(smollm2_dir, tmp_path):
     out = str(tmp_path / "tokenizer")
     report = extend_tokenizer.main(["--tokenizer_name_or_path", smollm2_dir, "--train_files", VIETNAMESE,
                                     "--num_new_tokens", "500", "--output_dir", out, "--eval_files", f"en={ENGLISH}"])

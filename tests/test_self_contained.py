@@ -1,0 +1,42 @@
+"""The repository stands on its own: nothing in it reads a path outside it, and every bench starts from a
+clean clone (its --help runs, so its imports and the files it reads at import hold)."""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+# a path built or written to leave the repository: ../something, os.pardir, os.path.join(ROOT, "..", ...)
+OUTSIDE = re.compile(r"""\.\./(?!\.)|os\.pardir|["']\.\.["']""")
+
+
+def tracked_files():
+    listed = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True)
+    if listed.returncode:
+        pytest.skip("not a git checkout: the tracked files are unknown")
+    return [name for name in listed.stdout.splitlines() if name.endswith((".py", ".sh", ".sbatch", ".yaml", ".json",
+                                                                         ".md", "Makefile", "run"))]
+
+
+def test_no_file_reaches_outside_the_repository():
+    found = []
+    for name in tracked_files():
+        with open(os.path.join(ROOT, name), encoding="utf-8", errors="replace") as f:
+            found += [f"{name}:{i}: {line.strip()}" for i, line in enumerate(f, 1) if OUTSIDE.search(line)]
+    assert not found, "\n".join(found)
+
+
+def test_the_scan_sees_a_path_outside():
+    assert OUTSIDE.search('CORPORA = os.path.join(ROOT, "..", "shared", "corpora")')
+    assert OUTSIDE.search("see ../shared/corpora") and not OUTSIDE.search("for x in items[1:]: ...")
+
+
+@pytest.mark.parametrize("bench", sorted(f for f in os.listdir(os.path.join(ROOT, "bench")) if f.endswith(".py")))
+def test_every_bench_starts(bench):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "bench", bench), "--help"], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0 and "usage:" in proc.stdout, proc.stderr[-2000:]
