@@ -6,26 +6,14 @@
 User mistakes (bad flags, bad data) end with a one-line message and exit code 2, before the model loads.
 """
 
-import contextlib
-import copy
-import errno
-import hashlib
-import itertools
 import json
 import logging
-import math
-import os
-import re
-import shutil
 import sys
 import time
 
 import datasets
-import torch
 import transformers
-from safetensors import SafetensorError
-from transformers import Trainer, set_seed
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, IntervalStrategy, SchedulerType, rotate_checkpoints
+from transformers import set_seed
 
 import plan_utils
 import report_utils
@@ -35,106 +23,12 @@ from data_utils import (FlattenedCollator, PackedCollator, StreamingRows, descri
 from model_utils import (add_lora, check_adapter_fits, check_lora_modules, check_vocabulary, freeze,
                          init_distributed_for_zero3, load_config, load_model, load_tokenizer, log_trainable,
                          model_vocab_size, resolve_block_size)
+from trainer_utils import (PretrainTrainer, check_resume_data, checkpoint_to_resume, disk_full_as_user_error,
+                           new_rows_learning_rate, resume_streaming_position, start_from_checkpoint, token_throughput,
+                           train_new_embeddings, training_data)
 
 logger = logging.getLogger("pretrain")
 DEBUG_MAX_DOCUMENTS = 1000
-COMPLETE_MARKER = "checkpoint_complete"  # written last: a checkpoint without it is never resumed from
-DATA_STATE = "data_state.json"  # where a streaming run resumes: the next unseen row of every source
-TRAINING_DATA = "training_data.json"  # what a checkpoint was trained on: resuming on other data is refused
-
-
-def perplexity(loss):
-    return math.exp(loss) if loss < 700 else float("inf")  # exp overflows a float past ~709
-
-
-class PretrainTrainer(Trainer):
-    """The Trainer plus what continued pretraining needs: perplexity and bits per byte beside every eval loss
-    (several named eval sets at once), and checkpoints marked complete only once every process has written
-    its part.
-
-    eval_sizes maps a metric prefix ("eval", "eval_domain", ...) to (scored tokens, UTF-8 bytes) of that set:
-    bits per byte = mean loss x scored tokens / bytes / ln 2, comparable across tokenizers.
-    """
-
-    def __init__(self, *args, eval_sizes=None, train_in_order=False, new_rows=None, training_data=None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.eval_sizes, self.train_in_order, self.new_rows = eval_sizes or {}, train_in_order, new_rows
-        self.training_data = training_data
-
-    def create_optimizer(self, model=None):
-        created = self.optimizer is None
-        optimizer = super().create_optimizer(model)
-        if created and self.new_rows is not None:
-            self.new_rows.attach(optimizer)
-        return optimizer
-
-    def _save_checkpoint(self, model, trial):
-        # The Trainer deletes old checkpoints (--save_total_limit) as soon as the main process has written
-        # its part of the new one; a kill before the others finish would leave no complete checkpoint at all.
-        # Rotation waits here until every process has written and the new checkpoint is marked complete.
-        limit, self.args.save_total_limit = self.args.save_total_limit, None
-        run_dir = self._get_output_dir(trial)
-        folder = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-        try:
-            with disk_full_as_user_error(folder, run_dir):
-                super()._save_checkpoint(model, trial)
-        finally:
-            self.args.save_total_limit = limit
-        self.accelerator.wait_for_everyone()
-        if self.args.should_save:
-            with disk_full_as_user_error(folder, run_dir):
-                self.save_data_state(folder)
-                if self.training_data is not None:
-                    with open(os.path.join(folder, TRAINING_DATA), "w") as f:
-                        json.dump(self.training_data, f, indent=1)
-                open(os.path.join(folder, COMPLETE_MARKER), "w").close()
-            rotate_checkpoints(run_dir, limit, self.state.best_model_checkpoint, use_mtime=True)
-
-    def _run_epoch(self, *args, **kwargs):
-        # Resumed from the checkpoint of the last step (a run killed in its final save), transformers' epoch loop
-        # would train one step past --max_steps before checking it: there is nothing left to train.
-        if 0 < self.state.max_steps <= self.state.global_step:
-            self.control.should_training_stop = True
-            return None
-        return super()._run_epoch(*args, **kwargs)
-
-    def create_scheduler(self, num_training_steps, optimizer=None):
-        # warmup_stable_decay needs its decay length in steps; --decay_ratio gives it as a share of the run
-        if self.lr_scheduler is None and self.args.lr_scheduler_type == SchedulerType.WARMUP_STABLE_DECAY:
-            self.args.lr_scheduler_kwargs.setdefault(
-                "num_decay_steps", max(1, round(self.args.decay_ratio * num_training_steps)))
-        return super().create_scheduler(num_training_steps, optimizer)
-
-    def save_data_state(self, folder):
-        """A streaming run stores where its rows continue; resuming then reads on from there instead of
-        making (tokenizing) every row already trained on again to skip it."""
-        if not isinstance(self.train_dataset, StreamingRows):
-            return
-        args = self.args
-        rows = self.state.global_step * args.per_device_train_batch_size * args.gradient_accumulation_steps * max(
-            args.world_size, 1)
-        state = self.train_dataset.state_after(rows)
-        if state is None:
-            logger.warning("%s: no streaming position stored (dataloader workers hold it); a resumed run skips the "
-                           "rows trained on by reading them again", folder)
-            return
-        with open(os.path.join(folder, DATA_STATE), "w") as f:
-            json.dump(state, f)
-
-    def _get_train_sampler(self, train_dataset=None):
-        if self.train_in_order:  # a mix comes in its training order: shares exact at every step, phases in turn
-            return torch.utils.data.SequentialSampler(train_dataset if train_dataset is not None else self.train_dataset)
-        return super()._get_train_sampler(train_dataset)
-
-    def log(self, logs, start_time=None):
-        # evaluate() logs and returns the same dict, so the perplexity lands in both
-        for key in [k for k in logs if k.startswith("eval") and k.endswith("_loss")]:
-            prefix = key[:-len("_loss")]
-            logs[f"{prefix}_perplexity"] = perplexity(logs[key])
-            if prefix in self.eval_sizes:
-                tokens, n_bytes = self.eval_sizes[prefix]
-                logs[f"{prefix}_bpb"] = logs[key] * tokens / n_bytes / math.log(2)
-        super().log(logs, start_time)
 
 
 def setup_logging(training_args):
@@ -148,12 +42,6 @@ def setup_logging(training_args):
     transformers.utils.logging.set_verbosity(level)
 
 
-def token_throughput(trainer, metrics):
-    """Training tokens (padding excluded) and tokens/s for the final metrics."""
-    tokens = trainer.state.num_input_tokens_seen
-    return {"train_tokens": tokens, "train_tokens_per_second": round(tokens / metrics["train_runtime"], 2)}
-
-
 def uses_flash_attention(model_args):
     return (model_args.attn_implementation or "").startswith(("flash", "kernels-community/flash"))
 
@@ -165,212 +53,6 @@ def data_collator(model_args, tokenizer):
     if uses_flash_attention(model_args):
         return FlattenedCollator()
     return PackedCollator(pad_token_id=tokenizer.pad_token_id)
-
-
-def train_new_embeddings(model, num_old, training_args, train_dataset, tokenizer):
-    """Stage 1: train only rows num_old and above of the input and output embeddings (the new tokens) for
-    --new_embeddings_steps steps; every other weight, old rows included, stays exactly as it was.
-
-    Old rows get a zero gradient through a hook, and weight decay is off for this stage, so AdamW leaves them
-    unchanged (its update of a parameter whose gradients were always zero is zero)."""
-    weights = list({id(m.weight): m.weight for m in (model.get_input_embeddings(), model.get_output_embeddings())
-                    if m is not None}.values())
-    others = [p for p in model.parameters() if p.requires_grad and all(p is not w for w in weights)]
-    for param in others:
-        param.requires_grad_(False)
-    mask = torch.zeros(weights[0].shape[0], 1)
-    mask[num_old:] = 1
-    hooks = [w.register_hook(lambda grad: grad * mask.to(grad.device, grad.dtype)) for w in weights]
-    args = copy.copy(training_args)
-    args.max_steps, args.weight_decay, args.load_best_model_at_end = training_args.new_embeddings_steps, 0.0, False
-    args.learning_rate = training_args.new_embeddings_learning_rate or training_args.learning_rate
-    args.save_strategy = args.eval_strategy = IntervalStrategy.NO
-    logger.info("Stage 1: training only the %d new embedding rows for %d steps at learning rate %g",
-                weights[0].shape[0] - num_old, args.max_steps, args.learning_rate)
-    PretrainTrainer(model=model, args=args, train_dataset=train_dataset, processing_class=tokenizer,
-                    data_collator=PackedCollator(pad_token_id=tokenizer.pad_token_id)).train()
-    for hook in hooks:
-        hook.remove()
-    for param in others:
-        param.requires_grad_(True)
-    return model
-
-
-class NewRowsLearningRate:
-    """--new_embeddings_learning_rate after stage 1: each optimizer step moves the new tokens' rows (num_old and
-    up) of every trainable weight with a row per token `factor` times as far as the optimizer did, so they
-    learn at factor x the run's learning rate, on its schedule, and every other weight as before. Step hooks
-    on the optimizer, which holds the weights themselves (not so under DeepSpeed, refused in arguments)."""
-
-    def __init__(self, model, num_old, factor):
-        vocab = model.get_input_embeddings().weight.shape[0]
-        self.weights = [p for p in model.parameters() if p.requires_grad and p.dim() == 2 and p.shape[0] == vocab]
-        self.num_old, self.factor, self.before = num_old, factor, []
-
-    def attach(self, optimizer):
-        optimizer.register_step_pre_hook(self.remember)
-        optimizer.register_step_post_hook(self.scale)
-
-    def remember(self, optimizer, args, kwargs):
-        self.before = [w.detach()[self.num_old:].clone() for w in self.weights]
-
-    @torch.no_grad()
-    def scale(self, optimizer, args, kwargs):
-        for weight, before in zip(self.weights, self.before):
-            rows = weight[self.num_old:]
-            rows += (self.factor - 1) * (rows - before)
-
-
-def new_rows_learning_rate(model, num_old, training_args):
-    """NewRowsLearningRate for the run, or None (no new rows, or no rate of their own)."""
-    rate = training_args.new_embeddings_learning_rate
-    if rate is None or model.get_input_embeddings().weight.shape[0] <= num_old:
-        return None
-    logger.info("New tokens' embedding rows train at learning rate %g, the rest at %g", rate,
-                training_args.learning_rate)
-    return NewRowsLearningRate(model, num_old, rate / training_args.learning_rate)
-
-
-def last_complete_checkpoint(folder):
-    """The newest checkpoint-N in folder that was marked complete. Newer, unmarked ones (a run killed while
-    saving) are set aside as incomplete-checkpoint-N: out of the checkpoint-* names that resume and the Trainer's
-    rotation (--save_total_limit) look at, which could otherwise keep it and delete a complete one."""
-    for path in reversed(checkpoint_folders(folder)):
-        if os.path.isfile(os.path.join(path, COMPLETE_MARKER)):
-            return path
-        with contextlib.suppress(FileNotFoundError):  # another process of the run set it aside first
-            logger.warning("%s was not finished (the run stopped while saving); set aside as %s", path,
-                           set_aside(path))
-    return None
-
-
-def set_aside(path):
-    """Rename an unfinished checkpoint folder to incomplete-checkpoint-N (incomplete-checkpoint-N.2, ... when a
-    save at the same step was interrupted before), never onto an existing folder; returns the new path."""
-    folder, name = os.path.split(path)
-    for n in itertools.count(1):
-        target = os.path.join(folder, f"incomplete-{name}" + (f".{n}" if n > 1 else ""))
-        if not os.path.lexists(target):
-            os.rename(path, target)  # a race with another process renaming it raises FileNotFoundError
-            return target
-
-
-def folder_size(path):
-    return sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(path) for name in names)
-
-
-def is_disk_full(error):
-    """A write that failed for want of space: ENOSPC/EDQUOT, as safetensors' Rust writer says it, or torch.save's
-    'file write failed' (its zip writer does not give the errno)."""
-    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    return any(text in str(error) for text in ("No space left on device", "Disk quota exceeded", "file write failed"))
-
-
-@contextlib.contextmanager
-def disk_full_as_user_error(folder, run_dir):
-    """A full disk while saving is the user's to fix: one line with the folder, the space free and what a
-    checkpoint of this run takes, instead of a traceback. The unfinished folder keeps no complete marker, so it
-    is never resumed from. Every other failure keeps its traceback."""
-    try:
-        yield
-    except (OSError, RuntimeError, SafetensorError) as e:
-        if not is_disk_full(e):
-            raise
-        free = shutil.disk_usage(run_dir).free
-        complete = last_marked_checkpoint(run_dir)
-        size = (f"a checkpoint of this run takes {folder_size(complete) / 2**20:,.1f} MB ({complete})" if complete
-                else f"{folder_size(folder) / 2**20:,.1f} MB were written before it failed")
-        raise UserError(f"disk full while saving {folder}: {free / 2**20:,.1f} MB free, {size}; free space there "
-                        "(incomplete-checkpoint-* folders are unfinished saves and can go) or lower "
-                        "--save_total_limit, then run the same command again to resume") from None
-
-
-def checkpoint_folders(folder):
-    """The checkpoint-N folders in folder, oldest step first."""
-    steps = sorted((int(m.group(1)), name) for name in os.listdir(folder)
-                   if (m := re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)", name))
-                   and os.path.isdir(os.path.join(folder, name)))
-    return [os.path.join(folder, name) for _, name in steps]
-
-
-def last_marked_checkpoint(folder):
-    """The newest checkpoint-N in folder with its complete marker, or None (renames nothing)."""
-    marked = [path for path in checkpoint_folders(folder) if os.path.isfile(os.path.join(path, COMPLETE_MARKER))]
-    return marked[-1] if marked else None
-
-
-def head_digest(path, size=1 << 16):
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read(size)).hexdigest()[:16]
-
-
-def training_data(data_args, training_args, train_dataset, block_size):
-    """What fixes the rows a run trains on and their order, stored in every checkpoint and compared on resume.
-
-    Prepared rows are named by their cache folders, keyed on the files' contents, the tokenizer and the
-    options (data_utils.data_fingerprint); a stream by each file's size and first 64 KiB (hashing a corpus
-    too large to prepare would take as long as reading it). Files by name and size say what changed."""
-    paths = data_args.training_paths or [p for ps in data_args.mix_sources.values() for p in ps]
-    files = {path: os.path.getsize(path) for path in list_data_files(paths)} if paths else {}
-    if isinstance(train_dataset, StreamingRows):
-        rows = {path: head_digest(path) for path in files}
-    else:
-        rows = sorted({os.path.basename(os.path.dirname(c["filename"])) for c in train_dataset.cache_files})
-    order = training_args.data_seed if training_args.data_seed is not None else training_args.seed
-    return json.loads(json.dumps({
-        "files": files, "rows": rows, "block_size": block_size, "seed": order, "streaming": data_args.streaming,
-        **{k: getattr(data_args, k) for k in ("max_train_samples", "mix", "phases", "mix_exhausted")}}))
-
-
-def data_changes(saved, current):
-    """What differs between two training_data() records, in words: ['added b.txt', 'block_size 64 -> 128']."""
-    old, new = saved.get("files", {}), current["files"]
-    changes = [f"added {p}" for p in new if p not in old] + [f"removed {p}" for p in old if p not in new]
-    changes += [f"{p} changed size" for p in new if p in old and old[p] != new[p]]
-    changes += [f"{k} {saved.get(k)} -> {current[k]}" for k in current if k not in ("files", "rows")
-                and saved.get(k) != current[k]]
-    if not changes and saved.get("rows") != current["rows"]:
-        changes.append("file contents or data options changed")
-    return changes
-
-
-def check_resume_data(resume, current):
-    """Resuming promises the same rows in the same order: refuse a checkpoint trained on other data."""
-    path = os.path.join(resume, TRAINING_DATA) if resume else None
-    if not path or current is None:
-        return
-    if not os.path.isfile(path):
-        logger.warning("%s does not record its training data (an older checkpoint): resuming unchecked", resume)
-        return
-    with open(path) as f:
-        changes = data_changes(json.load(f), current)
-    if changes:
-        raise UserError(f"{resume} was trained on other data ({'; '.join(changes)}), so resuming would not continue "
-                        "that run; start fresh (--overwrite_output_dir, or another --output_dir), or continue its "
-                        f"weights on the new data with --init_from_checkpoint {resume} --output_dir NEW_DIR")
-
-
-def checkpoint_to_resume(training_args):
-    """The checkpoint to continue from: --resume_from_checkpoint, else output_dir's last one unless
-    --overwrite_output_dir. A finished run in output_dir is never overwritten silently."""
-    chosen = training_args.resume_from_checkpoint
-    if chosen and training_args.do_train and not os.path.isfile(os.path.join(chosen, COMPLETE_MARKER)):
-        raise UserError(f"--resume_from_checkpoint {chosen}: not a complete checkpoint (no {COMPLETE_MARKER} "
-                        "file: the run stopped while saving it); give an earlier checkpoint-N folder, or create that "
-                        "empty file if you know this one is whole")
-    if chosen or not training_args.do_train:
-        return chosen
-    out = training_args.output_dir
-    if not os.path.isdir(out) or training_args.overwrite_output_dir:
-        return None
-    last = last_complete_checkpoint(out)
-    if last is None and any(os.path.exists(os.path.join(out, f)) for f in ("adapter_config.json", "config.json")):
-        raise UserError(f"--output_dir {out} already holds a trained model; pass --overwrite_output_dir to "
-                        "replace it or choose another folder")
-    if last:
-        logger.info("Resuming from %s (pass --overwrite_output_dir to start fresh)", last)
-    return last
 
 
 def select_rows(dataset, limit):
@@ -457,31 +139,6 @@ def stream_through(train):
     for row in train:
         rows, tokens = rows + 1, tokens + len(row["input_ids"])
     return {**train.stats, "train_rows": rows, "train_tokens": tokens}
-
-
-def resume_streaming_position(train_dataset, resume, training_args):
-    """Continue a streaming run at its next unseen row, from the position its checkpoint stored."""
-    path = os.path.join(resume, DATA_STATE) if resume else None
-    if not isinstance(train_dataset, StreamingRows) or not path or not os.path.isfile(path):
-        return
-    with open(path) as f:
-        train_dataset.resume_state = json.load(f)
-    training_args.ignore_data_skip = True  # the rows start after the trained ones already; skip nothing more
-    logger.info("Streaming resumes after row %d (position stored in %s)", train_dataset.resume_state["taken"], path)
-
-
-def start_from_checkpoint(model_args, training_args):
-    """--init_from_checkpoint: the weights come from another run's folder (a full model, or an adapter over
-    --model_name_or_path); optimizer, step count and schedule start anew, so the learning rate warms up again."""
-    path = training_args.init_from_checkpoint
-    if not path:
-        return
-    logger.info("New run from the weights in %s: fresh optimizer and schedule (the learning rate warms up again)",
-                path)
-    if os.path.isfile(os.path.join(path, "adapter_config.json")):
-        training_args.peft_path = path
-    else:
-        model_args.model_name_or_path, model_args.gguf_file = path, None
 
 
 def trainable_model(model_args, config, tokenizer, base_tokenizer, training_args, num_old, stage_one_data=None):

@@ -18,6 +18,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 import pretrain
+import trainer_utils
 from arguments import UserError, parse_args
 from conftest import ROOT
 
@@ -65,10 +66,10 @@ def test_any_number_of_interrupted_saves_at_one_step_are_set_aside(tmp_path):
     """Before: the second interrupted save at step 4 failed to rename onto incomplete-checkpoint-4 (Errno 39)
     on every later run."""
     (tmp_path / "checkpoint-2").mkdir()
-    (tmp_path / "checkpoint-2" / pretrain.COMPLETE_MARKER).touch()
+    (tmp_path / "checkpoint-2" / trainer_utils.COMPLETE_MARKER).touch()
     for _ in range(3):
         unmarked(tmp_path, "checkpoint-4")
-        assert pretrain.last_complete_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-2")
+        assert trainer_utils.last_complete_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-2")
     assert sorted(os.listdir(tmp_path)) == ["checkpoint-2", "incomplete-checkpoint-4", "incomplete-checkpoint-4.2",
                                             "incomplete-checkpoint-4.3"]
     assert (tmp_path / "incomplete-checkpoint-4.3" / "model.safetensors").read_bytes() == b"half"  # nothing lost
@@ -107,7 +108,7 @@ def test_runs_killed_at_random_points_resume_to_the_end(tiny_model_dir, data_dir
     trainer = pretrain.main(flags)
     assert trainer.state.global_step == 12
     for name in checkpoint_names(out):
-        assert (out / name / pretrain.COMPLETE_MARKER).is_file(), name
+        assert (out / name / trainer_utils.COMPLETE_MARKER).is_file(), name
 
 
 def test_a_run_killed_in_its_final_save_trains_no_step_past_max_steps(tiny_model_dir, data_dir, tmp_path):
@@ -126,7 +127,7 @@ def test_resume_on_other_data_stops_with_what_changed(tiny_model_dir, data_dir, 
     extra = ["--streaming", "--validation_split_percentage", "0"] if streaming else []
     out = tmp_path / "out"
     killed_after_step_2(tiny_model_dir, data_dir, out, *extra)
-    record = json.loads((out / "checkpoint-2" / pretrain.TRAINING_DATA).read_text())
+    record = json.loads((out / "checkpoint-2" / trainer_utils.TRAINING_DATA).read_text())
     assert record["files"] == {str(data_dir / "a.txt"): (data_dir / "a.txt").stat().st_size}
     (data_dir / "b.txt").write_text("Another file, added after the run was killed.\n", encoding="utf-8")
     monkeypatch.setattr(pretrain, "load_model", lambda *a, **k: pytest.fail("the model loaded"))
@@ -153,7 +154,7 @@ def test_resume_refuses_changed_contents_and_order_but_not_the_same_data(tiny_mo
         pretrain.main(run_flags(tiny_model_dir, data_dir, out, 4, "--seed", "4"))
     monkeypatch.undo()
     trainer = pretrain.main(run_flags(tiny_model_dir, data_dir, out, 4))  # the same data resumes
-    assert trainer.state.global_step == 4 and (out / "checkpoint-4" / pretrain.TRAINING_DATA).is_file()
+    assert trainer.state.global_step == 4 and (out / "checkpoint-4" / trainer_utils.TRAINING_DATA).is_file()
     assert [h["step"] for h in trainer.state.log_history if "loss" in h] == [1, 2, 3, 4]  # steps 1-2 restored
 
 
@@ -217,7 +218,7 @@ def test_disk_full_at_save_is_one_line_and_resume_survives_it_twice(tiny_model_d
     # the data cache is written beside out, outside the small filesystem
     commands = [f"{command} > {logs}/out{i} 2> {logs}/err{i}; echo $? > {logs}/rc{i}\n"
                 f"ls {out} > {logs}/ls{i}" for i in range(3)]
-    commands.append(f"for d in {out}/*; do [ -f $d/{pretrain.COMPLETE_MARKER} ] && basename $d; done > {logs}/marked")
+    commands.append(f"for d in {out}/*; do [ -f $d/{trainer_utils.COMPLETE_MARKER} ] && basename $d; done > {logs}/marked")
     in_small_filesystem(out, 1, commands, tmp_path)
     lines = [one_line_error(subprocess.CompletedProcess([], int((logs / f"rc{i}").read_text()), "",
                                                         (logs / f"err{i}").read_text())) for i in range(3)]
@@ -232,10 +233,10 @@ def test_disk_full_at_save_is_one_line_and_resume_survives_it_twice(tiny_model_d
 
 def test_only_a_failure_for_want_of_space_becomes_a_disk_full_error(tmp_path):
     with pytest.raises(UserError, match="disk full"):
-        with pretrain.disk_full_as_user_error(str(tmp_path / "checkpoint-1"), str(tmp_path)):
+        with trainer_utils.disk_full_as_user_error(str(tmp_path / "checkpoint-1"), str(tmp_path)):
             raise OSError(28, "No space left on device")
     with pytest.raises(RuntimeError, match="a bug"):
-        with pretrain.disk_full_as_user_error(str(tmp_path / "checkpoint-1"), str(tmp_path)):
+        with trainer_utils.disk_full_as_user_error(str(tmp_path / "checkpoint-1"), str(tmp_path)):
             raise RuntimeError("a bug")
 
 

@@ -6,6 +6,7 @@ import torch
 
 import model_utils
 import pretrain
+import trainer_utils
 from arguments import parse_args
 from data_utils import FlattenedCollator, PackedCollator, pack_documents, split_row_documents, tokenize_documents
 
@@ -32,7 +33,7 @@ def test_flattened_batch_scores_the_same_tokens_as_the_padded_batch(tiny_model_d
     model_args, _, training_args = parse_args(["--model_name_or_path", tiny_model_dir, "--output_dir",
                                                str(tmp_path), "--report_to", "none", "--full_finetuning"])
     model = model_utils.load_model(model_args, model_utils.load_config(model_args), tiny_tokenizer)
-    trainer = pretrain.PretrainTrainer(model=model, args=training_args, processing_class=tiny_tokenizer)
+    trainer = trainer_utils.PretrainTrainer(model=model, args=training_args, processing_class=tiny_tokenizer)
     docs = tokenize_documents(["The quick brown fox.", "Tiếng Việt có dấu: người.", "def main(): return 0",
                                "A fourth, longer document that runs into the next row of the batch."], tiny_tokenizer)
     packed = pack_documents(docs, 24)

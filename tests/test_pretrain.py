@@ -16,6 +16,7 @@ from transformers import AutoModelForCausalLM
 import merge_lora
 import model_utils
 import pretrain
+import trainer_utils
 from arguments import UserError, parse_args
 from conftest import ROOT
 from data_utils import PackedCollator, pack_documents, tokenize_documents
@@ -124,7 +125,7 @@ def test_packed_document_loss_equals_its_loss_alone_on_the_training_path(tiny_mo
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.1)
-    trainer = pretrain.PretrainTrainer(model=model, args=training_args, processing_class=tiny_tokenizer)
+    trainer = trainer_utils.PretrainTrainer(model=model, args=training_args, processing_class=tiny_tokenizer)
     model.train()
     a, b, c = tokenize_documents(["The quick brown fox.", "Tiếng Việt có dấu: người.", "def main(): x"],
                                  tiny_tokenizer)
@@ -219,7 +220,7 @@ def test_unloadable_model_path_names_the_flag(tmp_path, corpus_dir, no_model_loa
 def test_checkpoints_are_marked_complete_and_a_run_resumes_from_the_last_one(tiny_model_dir, corpus_dir, tmp_path):
     out = tmp_path / "ckpt"
     first = run(tiny_model_dir, corpus_dir, out, "--max_steps", "2", "--save_strategy", "steps", "--save_steps", "1")
-    assert sorted(os.listdir(out / "checkpoint-2")) and (out / "checkpoint-2" / pretrain.COMPLETE_MARKER).is_file()
+    assert sorted(os.listdir(out / "checkpoint-2")) and (out / "checkpoint-2" / trainer_utils.COMPLETE_MARKER).is_file()
     # a run killed while writing checkpoint-3 leaves it unmarked: resume must not take it
     (out / "checkpoint-3").mkdir()
     (out / "checkpoint-3" / "adapter_model.safetensors").write_bytes(b"half")
@@ -228,7 +229,7 @@ def test_checkpoints_are_marked_complete_and_a_run_resumes_from_the_last_one(tin
     losses = [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h]
     assert losses[:2] == [(h["step"], h["loss"]) for h in first.state.log_history if "loss" in h]  # restored
     assert [step for step, _ in losses] == [1, 2, 3]
-    assert (out / "incomplete-checkpoint-3").is_dir() and (out / "checkpoint-3" / pretrain.COMPLETE_MARKER).is_file()
+    assert (out / "incomplete-checkpoint-3").is_dir() and (out / "checkpoint-3" / trainer_utils.COMPLETE_MARKER).is_file()
 
 
 def test_finished_run_is_not_overwritten_without_the_flag(tiny_model_dir, corpus_dir, tmp_path):
@@ -345,7 +346,7 @@ def test_streaming_resume_continues_at_the_next_unseen_row(tiny_model_dir, tmp_p
     uninterrupted = seen[:4]
     seen.clear()
     pretrain.main(base_flags(tiny_model_dir, tmp_path / "cut", *flags, "--max_steps", "2"))
-    assert seen[:2] == uninterrupted[:2] and (tmp_path / "cut" / "checkpoint-2" / pretrain.DATA_STATE).is_file()
+    assert seen[:2] == uninterrupted[:2] and (tmp_path / "cut" / "checkpoint-2" / trainer_utils.DATA_STATE).is_file()
     seen.clear()
     trainer = pretrain.main(base_flags(tiny_model_dir, tmp_path / "cut", *flags, "--max_steps", "4"))
     assert trainer.state.global_step == 4

@@ -12,6 +12,7 @@ import pytest
 from accelerate import Accelerator
 
 import pretrain
+import trainer_utils
 from arguments import UserError
 from conftest import ROOT
 
@@ -52,7 +53,7 @@ def test_a_run_killed_mid_way_resumes_with_the_same_losses(tiny_model_dir, corpu
         proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "pretrain.py"), *flags(tiny_model_dir, corpus, out)],
                                 stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
         deadline = time.time() + 300
-        while not (out / "checkpoint-4" / pretrain.COMPLETE_MARKER).exists() and proc.poll() is None:
+        while not (out / "checkpoint-4" / trainer_utils.COMPLETE_MARKER).exists() and proc.poll() is None:
             assert time.time() < deadline, "no checkpoint after 300 s"
             time.sleep(0.01)
         proc.send_signal(signal.SIGKILL)
@@ -74,7 +75,7 @@ def test_a_kill_while_saving_leaves_the_previous_checkpoint_to_resume_from(tiny_
     wait = Accelerator.wait_for_everyone
 
     def killed_at_step_4(self):  # the main process wrote checkpoint-4; the run dies before all ranks finished
-        if (out / "checkpoint-4").is_dir() and not (out / "checkpoint-4" / pretrain.COMPLETE_MARKER).exists():
+        if (out / "checkpoint-4").is_dir() and not (out / "checkpoint-4" / trainer_utils.COMPLETE_MARKER).exists():
             raise Killed
         wait(self)
 
@@ -83,8 +84,8 @@ def test_a_kill_while_saving_leaves_the_previous_checkpoint_to_resume_from(tiny_
         pretrain.main(flags(tiny_model_dir, corpus, out, steps=4, save_steps=2))
     monkeypatch.setattr(Accelerator, "wait_for_everyone", wait)
     # --save_total_limit 1 did not delete checkpoint-2 before checkpoint-4 was complete
-    assert (out / "checkpoint-2" / pretrain.COMPLETE_MARKER).is_file()
-    assert not (out / "checkpoint-4" / pretrain.COMPLETE_MARKER).exists()
+    assert (out / "checkpoint-2" / trainer_utils.COMPLETE_MARKER).is_file()
+    assert not (out / "checkpoint-4" / trainer_utils.COMPLETE_MARKER).exists()
     with pytest.raises(UserError, match="checkpoint-4: not a complete checkpoint"):
         pretrain.main(flags(tiny_model_dir, corpus, out, steps=4, save_steps=2)
                       + ["--resume_from_checkpoint", str(out / "checkpoint-4")])

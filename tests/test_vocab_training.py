@@ -14,6 +14,7 @@ import extend_tokenizer
 import merge_lora
 import model_utils
 import pretrain
+import trainer_utils
 from arguments import UserError
 from test_vocab_utils import VIETNAMESE, write_corpus
 from vocab_utils import subtoken_ids
@@ -136,7 +137,7 @@ def test_stage_one_trains_only_the_new_rows(tiny_model_dir, extended_dir, data_d
     num_old = config.vocab_size
     model = model_utils.load_model(model_args, config, tokenizer, base_tokenizer)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    pretrain.train_new_embeddings(model, num_old, training_args, train, tokenizer)
+    trainer_utils.train_new_embeddings(model, num_old, training_args, train, tokenizer)
     emb = model.get_input_embeddings().weight
     assert torch.equal(emb[:num_old], before["model.embed_tokens.weight"][:num_old])  # despite weight decay
     assert not torch.equal(emb[num_old:], before["model.embed_tokens.weight"][num_old:])
@@ -159,8 +160,8 @@ def test_main_runs_stage_one_before_stage_two(tiny_model_dir, extended_dir, data
 
 
 def test_stage_one_takes_its_own_learning_rate(tiny_model_dir, extended_dir, data_dir, tmp_path, monkeypatch):
-    rates, real = [], pretrain.PretrainTrainer.train
-    monkeypatch.setattr(pretrain.PretrainTrainer, "train", lambda self, *a, **k: rates.append(
+    rates, real = [], trainer_utils.PretrainTrainer.train
+    monkeypatch.setattr(trainer_utils.PretrainTrainer, "train", lambda self, *a, **k: rates.append(
         self.args.learning_rate) or real(self, *a, **k))
     run(tiny_model_dir, extended_dir, data_dir, tmp_path / "lr", "--full_finetuning", "--new_embeddings_steps", "1",
         "--new_embeddings_learning_rate", "0.02", "--learning_rate", "0.001")
