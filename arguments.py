@@ -319,8 +319,9 @@ class DataArguments:
     )
     skip_bad_records: bool = field(
         default=False,
-        metadata={"help": "Skip and count bad records (a broken JSONL line, a document that is not UTF-8, an "
-                  "unreadable .json/.csv file) instead of stopping at the first one with its file and line."},
+        metadata={"help": "Skip and count bad records (a broken JSONL line, a document that is not UTF-8, a whole "
+                  ".json/.csv/.parquet file or save_to_disk folder that cannot be read) instead of stopping at the "
+                  "first one with its file and line."},
     )
     prepare_data_only: bool = field(
         default=False,

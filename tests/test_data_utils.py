@@ -238,7 +238,8 @@ def test_second_run_uses_cache_and_changes_invalidate_it(corpus_dir, tmp_path, t
         raise AssertionError("tokenized again although the cache holds these inputs")
 
     with monkeypatch.context() as m:
-        m.setattr(data_utils, "tokenize_documents", no_tokenizing)
+        m.setattr(data_utils, "encode_documents", no_tokenizing)  # what preparing calls to tokenize
+        m.setattr(data_utils, "build_datasets", no_tokenizing)
         caplog.set_level("INFO", logger="data_utils")
         again, _ = prepare_datasets(data_args(corpus_dir, cache), tiny_tokenizer, block_size=16)
         assert "no tokenization needed" in caplog.text
