@@ -6,6 +6,7 @@
 User mistakes (bad flags, bad data) end with a one-line message and exit code 2, before the model loads.
 """
 
+import dataclasses
 import json
 import logging
 import sys
@@ -83,6 +84,8 @@ def build_datasets(data_args, training_args, tokenizer, block_size):
         sizes, stats = {}, None
     else:
         max_documents = DEBUG_MAX_DOCUMENTS if training_args.debug_mode else None
+        if training_args.local_process_index != 0:  # --overwrite_cache is for the one process that prepares
+            data_args = dataclasses.replace(data_args, overwrite_cache=False)
         with training_args.main_process_first(desc="preparing data"):  # rank 0 prepares; the others read its cache
             if data_args.curriculum:
                 train, sets, stats = prepare_mixed_datasets(data_args, tokenizer, block_size, training_args.seed,

@@ -120,6 +120,22 @@ def test_a_run_killed_in_its_final_save_trains_no_step_past_max_steps(tiny_model
     assert (out / "adapter_model.safetensors").is_file()  # the final save that the kill prevented
 
 
+def test_overwrite_cache_rebuilds_once_not_once_a_process(tiny_model_dir, data_dir, tmp_path, monkeypatch):
+    """Before: every process of a multi-GPU run rebuilt the cache in turn under --overwrite_cache."""
+    import data_utils
+    from arguments import PretrainTrainingArguments
+
+    flags = run_flags(tiny_model_dir, data_dir, tmp_path / "out") + ["--overwrite_cache"]
+    model_args, data_args, training_args = parse_args(flags)
+    tokenizer = pretrain.load_tokenizer(model_args)
+    built, real = [], data_utils.write_cache
+    monkeypatch.setattr(data_utils, "write_cache", lambda *a: built.append(1) or real(*a))
+    pretrain.build_datasets(data_args, training_args, tokenizer, 32)  # the process that prepares
+    monkeypatch.setattr(PretrainTrainingArguments, "local_process_index", property(lambda self: 1))
+    pretrain.build_datasets(data_args, training_args, tokenizer, 32)  # another one: reads that cache
+    assert built == [1]
+
+
 # --- resuming on other data --------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("streaming", [False, True], ids=["cached", "streaming"])
