@@ -13,6 +13,7 @@ import sys
 
 import torch
 import transformers
+from huggingface_hub.errors import HFValidationError
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from transformers.modeling_utils import set_zero3_state
@@ -28,13 +29,34 @@ def hub_kwargs(model_args):
             "trust_remote_code": model_args.trust_remote_code}
 
 
+# what a model or tokenizer folder holds; a folder with none of them is not one
+MODEL_FILES = ("config.json", "tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+
+
 @contextlib.contextmanager
 def named_load_errors(flag, path):
-    """A model/tokenizer/config that cannot be found or read is the user's path, not a bug: say which."""
+    """A model/tokenizer/config that cannot be found or read is the user's path, not a bug: say which. Only
+    what is about the path becomes one line (an OSError, or a ValueError for a path that is no hub id, that
+    the message names, or a folder with no model files); any other ValueError is a bug and keeps its
+    traceback."""
     try:
         yield
     except (OSError, ValueError) as e:
+        if not isinstance(e, OSError) and not is_about_path(e, path):
+            raise
+        if not os.path.exists(path) and (isinstance(e, HFValidationError) or "Repo id must" in str(e)):
+            raise UserError(f"{flag} {path}: no such folder (nor a model id of the hub)") from None
+        if holds_no_model(path):
+            raise UserError(f"{flag} {path}: no model or tokenizer files there ({', '.join(MODEL_FILES)})") from None
         raise UserError(f"{flag} {path}: cannot load it: {str(e).strip().splitlines()[0]}") from None
+
+
+def is_about_path(error, path):
+    return isinstance(error, HFValidationError) or str(path) in str(error) or holds_no_model(path)
+
+
+def holds_no_model(path):
+    return os.path.isdir(path) and not any(os.path.isfile(os.path.join(path, f)) for f in MODEL_FILES)
 
 
 def load_tokenizer(model_args):

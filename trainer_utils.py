@@ -123,7 +123,8 @@ class PretrainTrainer(Trainer):
 
 
 def token_throughput(trainer, metrics):
-    """Training tokens (padding excluded) and tokens/s for the final metrics."""
+    """Training tokens and tokens/s for the final metrics: every token of the rows (--include_num_input_tokens_seen
+    all; only the last, short row of the data holds padding)."""
     tokens = trainer.state.num_input_tokens_seen
     return {"train_tokens": tokens, "train_tokens_per_second": round(tokens / metrics["train_runtime"], 2)}
 
