@@ -156,9 +156,6 @@ class ModelArguments:
                 raise UserError(f"--torch_dtype {self.torch_dtype} and --dtype {self.dtype} disagree; "
                                 "give only --dtype")
             self.dtype = self.torch_dtype
-        if self.dtype == "float16" and not torch.cuda.is_available():
-            raise UserError("--dtype float16 needs a CUDA GPU and there is none here; "
-                            "use --dtype bfloat16 or --dtype float32")
         if self.config_overrides and self.model_name_or_path:
             raise UserError("--config_overrides only applies to a fresh model; drop it or --model_name_or_path")
         if self.tokenizer_name and self.tokenizer_name_or_path and self.tokenizer_name != self.tokenizer_name_or_path:
@@ -505,9 +502,6 @@ class PretrainTrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self):
-        if self.fp16 and not torch.cuda.is_available():
-            raise UserError("--fp16 needs a CUDA GPU and there is none here; use --bf16 (bfloat16 mixed precision) "
-                            "or drop it to train in fp32")
         if self.bf16 and not torch.accelerator.is_available() and not self.use_cpu:
             # transformers refuses bf16 without a GPU unless told to use the CPU; autocast to bfloat16 on a CPU
             # with bf16 instructions (AVX512-BF16, AMX) trains about 1.5x faster than fp32 (docs/benchmarks.md)
@@ -541,12 +535,6 @@ class PretrainTrainingArguments(TrainingArguments):
         if self.freeze_modules and not self.full_finetuning:
             raise UserError("--freeze_modules applies to --full_finetuning; with LoRA only --trainable and "
                             "--modules_to_save are trained")
-        if self.use_liger_kernel and not (torch.cuda.is_available() and importlib.util.find_spec("liger_kernel")):
-            raise UserError("--use_liger_kernel needs a CUDA GPU and the liger-kernel package (pip install "
-                            "liger-kernel); drop it here")
-        if self.fsdp and not torch.cuda.is_available():
-            raise UserError("--fsdp needs CUDA GPUs and there is none here (accelerate would quietly run plain DDP "
-                            "instead); to shard on CPU use --deepspeed ds_configs/zero3_no_offload.json")
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available() and not self.use_cpu:
             # Without it the Trainer does not wrap the model in DDP on a machine with no accelerator, and every
             # process would silently train alone on its own copy.
@@ -602,6 +590,28 @@ class PretrainTrainingArguments(TrainingArguments):
                 raise UserError(f"--min_lr/--min_lr_ratio apply to the cosine and warmup_stable_decay schedules, not "
                                 f"{kind.value}; set --lr_scheduler_type cosine")
             self.lr_scheduler_kwargs.setdefault("min_lr_rate", floor)
+
+
+def check_hardware(model_args, training_args):
+    """What the run needs of this machine, checked where training starts and not when the flags are parsed, so
+    that --dry_run plans a GPU run on a machine without one (a login node)."""
+    cuda = torch.cuda.is_available()
+    if training_args.fp16 and not cuda:
+        raise UserError("--fp16 needs a CUDA GPU and there is none here; use --bf16 (bfloat16 mixed precision) "
+                        "or drop it to train in fp32")
+    if model_args.dtype == "float16" and not cuda:
+        raise UserError("--dtype float16 needs a CUDA GPU and there is none here; use --dtype bfloat16 or --dtype "
+                        "float32")
+    if training_args.use_liger_kernel and not (cuda and importlib.util.find_spec("liger_kernel")):
+        raise UserError("--use_liger_kernel needs a CUDA GPU and the liger-kernel package (pip install "
+                        "liger-kernel); drop it here")
+    if training_args.fsdp and not cuda:
+        raise UserError("--fsdp needs CUDA GPUs and there is none here (accelerate would quietly run plain DDP "
+                        "instead); to shard on CPU use --deepspeed ds_configs/zero3_no_offload.json")
+    if (model_args.attn_implementation or "").startswith("flash_attention") and not (
+            cuda and importlib.util.find_spec("flash_attn")):
+        raise UserError(f"--attn_implementation {model_args.attn_implementation} needs a CUDA GPU and the "
+                        "flash-attn package; use sdpa here")
 
 
 def check_output_dir(path):

@@ -18,7 +18,7 @@ from transformers import set_seed
 
 import plan_utils
 import report_utils
-from arguments import UserError, parse_args, run_script
+from arguments import UserError, check_hardware, parse_args, run_script
 from data_utils import (FlattenedCollator, PackedCollator, StreamingRows, describe_documents, list_data_files,
                         prepare_datasets, prepare_mixed_datasets, streaming_datasets)
 from model_utils import (add_lora, check_adapter_fits, check_lora_modules, check_vocabulary, freeze,
@@ -177,6 +177,7 @@ def main(argv=None):
         if training_args.process_index == 0:
             print("\n".join(lines))
         return None
+    check_hardware(model_args, training_args)
     resume = checkpoint_to_resume(training_args)
     start = time.perf_counter()
     train_dataset, eval_dataset, eval_sizes, stats = build_datasets(data_args, training_args, tokenizer, block_size)

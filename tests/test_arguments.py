@@ -101,13 +101,30 @@ def test_overwrite_output_dir_keeps_working(tmp_path):
     assert not parse_args(["--output_dir", str(tmp_path)])[2].overwrite_output_dir
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="the error is for machines without CUDA")
-def test_fp16_without_cuda_is_one_line_suggesting_bf16_or_fp32(tmp_path):
-    with pytest.raises(UserError) as error:
-        parse_args(["--output_dir", str(tmp_path), "--fp16"])
-    assert "\n" not in str(error.value) and "--bf16" in str(error.value) and "fp32" in str(error.value)
-    with pytest.raises(UserError, match="bfloat16 or --dtype float32"):
-        parse_args(["--output_dir", str(tmp_path), "--torch_dtype", "float16"])
+GPU_SETTINGS = {
+    "--fp16": (["--fp16"], "--fp16 needs a CUDA GPU .* use --bf16 .* fp32"),
+    "--dtype float16": (["--dtype", "float16"], "use --dtype bfloat16 or --dtype float32"),
+    "--use_liger_kernel": (["--use_liger_kernel"], "needs a CUDA GPU and the liger-kernel package"),
+    "--fsdp": (["--fsdp", "full_shard"], "--fsdp needs CUDA GPUs"),
+    "flash_attention_2": (["--attn_implementation", "flash_attention_2"], "needs a CUDA GPU and the flash-attn"),
+}
+
+
+@pytest.mark.parametrize("setting", list(GPU_SETTINGS))
+def test_gpu_settings_parse_anywhere_and_stop_a_run_without_a_gpu(tiny_model_dir, corpus_dir, tmp_path, monkeypatch,
+                                                                  capsys, setting):
+    """A dry run plans a GPU run on a machine without one (a login node); the run itself stops with one line
+    before anything is prepared or loaded."""
+    import pretrain
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    flags, message = GPU_SETTINGS[setting]
+    argv = ["--model_name_or_path", tiny_model_dir, "--dataset_dir", corpus_dir, "--output_dir", str(tmp_path / "out"),
+            "--data_cache_dir", str(tmp_path / "cache"), "--do_train", *flags]
+    assert pretrain.main(argv + ["--dry_run"]) is None and "Dry run:" in capsys.readouterr().out
+    with pytest.raises(UserError, match=message) as error:
+        pretrain.main(argv)
+    assert "\n" not in str(error.value) and not (tmp_path / "cache").exists() and not (tmp_path / "out").exists()
 
 
 @pytest.mark.skipif(torch.accelerator.is_available(), reason="for machines without a GPU")

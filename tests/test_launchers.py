@@ -23,8 +23,9 @@ def launch(command, tmp_path, **env):
 
 
 def test_run_pt_sh_starts_two_processes_with_deepspeed(tiny_model_dir, corpus_dir, tmp_path):
+    # GPU settings (--fp16) plan on a machine without a GPU too: a login node
     proc = launch(["bash", "run_pt.sh", "--dry_run", "--block_size", "64"], tmp_path, MODEL_DIR=tiny_model_dir,
-                  DATA_DIR=corpus_dir, GPUS_PER_NODE="2")
+                  DATA_DIR=corpus_dir, GPUS_PER_NODE="2", PRECISION="--fp16")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("Dry run:") == 1  # the plan is printed once, by the first process
     assert "(1 a device x 8 accumulation x 2 processes)" in proc.stdout

@@ -174,12 +174,11 @@ def bad_input_cases(tmp_path, corpus_dir):
         "block size": (["--dataset_dir", corpus_dir, "--block_size", "512"], "larger than the model's context of 256"),
         "non-utf8": (["--dataset_dir", str(latin)], "not UTF-8 at byte offset 3"),
         "unknown flag": (["--dataset_dir", corpus_dir, "--learnign_rate", "1"], "did you mean --learning_rate"),
-        "fp16 on cpu": (["--dataset_dir", corpus_dir, "--fp16"], "use --bf16"),
     }
 
 
 @pytest.mark.parametrize("case", ["missing path", "empty dataset", "json syntax", "text column", "trainable",
-                                  "block size", "non-utf8", "unknown flag", "fp16 on cpu"])
+                                  "block size", "non-utf8", "unknown flag"])
 def test_bad_input_stops_before_the_model_loads(case, tiny_model_dir, corpus_dir, tmp_path, no_model_loading):
     flags, message = bad_input_cases(tmp_path, corpus_dir)[case]
     out = tmp_path / "out"
