@@ -44,7 +44,21 @@ class PretrainTrainer(Trainer):
     def __init__(self, *args, eval_sizes=None, train_in_order=False, new_rows=None, training_data=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.eval_sizes, self.train_in_order, self.new_rows = eval_sizes or {}, train_in_order, new_rows
-        self.training_data = training_data
+        self.training_data, self.rng_checkpoint = training_data, None
+
+    def train(self, resume_from_checkpoint=None, **kwargs):
+        # transformers restores the random state (dropout) only where it skips the trained batches itself; a
+        # streaming run resumes inside its dataset (--ignore_data_skip), so get_batch_samples restores it
+        if resume_from_checkpoint and getattr(self.train_dataset, "resume_state", None) is not None:
+            self.rng_checkpoint = resume_from_checkpoint
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        batches = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if self.rng_checkpoint:  # after the first batch is made, where the Trainer restores it when it skips
+            self._load_rng_state(self.rng_checkpoint)
+            self.rng_checkpoint = None
+        return batches
 
     def create_optimizer(self, model=None):
         created = self.optimizer is None
