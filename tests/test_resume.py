@@ -93,6 +93,7 @@ def observe_resume(monkeypatch, checkpoint):
     return seen
 
 
+@pytest.mark.slow  # three runs of 20 steps a kind, about a minute each
 @pytest.mark.parametrize("kind", ["cached", "mix", "streaming"])
 def test_a_run_killed_mid_way_resumes_where_it_stopped_with_the_same_losses(tiny_model_dir, corpus, tmp_path,
                                                                              monkeypatch, kind):
