@@ -20,7 +20,7 @@ from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, IntervalStrategy, SchedulerType, rotate_checkpoints
 
 from arguments import UserError
-from data_utils import PackedCollator, StreamingRows, list_data_files
+from data_utils import IGNORE_INDEX, PackedCollator, StreamingRows, list_data_files
 
 logger = logging.getLogger("pretrain")
 COMPLETE_MARKER = "checkpoint_complete"  # written last: a checkpoint without it is never resumed from
@@ -124,6 +124,26 @@ class PretrainTrainer(Trainer):
         if self.train_in_order:  # a mix comes in its training order: shares exact at every step, phases in turn
             return torch.utils.data.SequentialSampler(train_dataset if train_dataset is not None else self.train_dataset)
         return super()._get_train_sampler(train_dataset)
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        loss, logits, labels = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+        if loss is not None and inputs.get("labels") is not None:  # loss: the batch's mean over its scored tokens
+            scored = (inputs["labels"][..., 1:] != IGNORE_INDEX).sum()
+            self.eval_sums += torch.stack([loss.detach().float() * scored, scored.float()])
+        return loss, logits, labels
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                        metric_key_prefix="eval"):
+        # The Trainer's eval loss is the mean of its batches' means: rows with fewer scored tokens (a row of
+        # many short documents, the last short row) would weigh more than their tokens. Here it is the summed
+        # NLL over the scored tokens of every process, which bits per byte needs.
+        self.eval_sums = torch.zeros(2, device=self.args.device)
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
+                                         metric_key_prefix)
+        nll, tokens = self.accelerator.reduce(self.eval_sums, reduction="sum").tolist()
+        if tokens and f"{metric_key_prefix}_loss" in output.metrics:
+            output.metrics[f"{metric_key_prefix}_loss"] = nll / tokens
+        return output
 
     def log(self, logs, start_time=None):
         # evaluate() logs and returns the same dict, so the perplexity lands in both

@@ -211,7 +211,7 @@ def test_streaming_run_trains_without_a_cache(tiny_model_dir, corpus_dir, tmp_pa
 
 
 def test_unloadable_model_path_names_the_flag(tmp_path, corpus_dir, no_model_loading):
-    with pytest.raises(UserError, match=f"--model_name_or_path {tmp_path / 'nomodel'}: cannot load it"):
+    with pytest.raises(UserError, match=f"--model_name_or_path {tmp_path / 'nomodel'}: no such folder"):
         pretrain.main(["--model_name_or_path", str(tmp_path / "nomodel"), "--dataset_dir", corpus_dir,
                        "--output_dir", str(tmp_path / "out"), "--do_train"])
 

@@ -25,6 +25,8 @@ def tracked_files():
 def test_no_file_reaches_outside_the_repository():
     found = []
     for name in tracked_files():
+        if name == "tests/test_self_contained.py":  # its own examples of what it looks for
+            continue
         with open(os.path.join(ROOT, name), encoding="utf-8", errors="replace") as f:
             found += [f"{name}:{i}: {line.strip()}" for i, line in enumerate(f, 1) if OUTSIDE.search(line)]
     assert not found, "\n".join(found)
