@@ -9,7 +9,6 @@ processes exit, so the runs are judged by what they wrote, not only by their exi
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -35,15 +34,10 @@ def common_flags(model_dir, data, cache, out, per_device):
             "--logging_steps", "1", "--report_to", "none", "--save_strategy", "no", "--seed", "7"]
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def torchrun(flags, cwd):
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-               str(free_port()), os.path.join(ROOT, "pretrain.py"), *flags]
+    # --standalone: torchrun binds a free port itself (a port picked here and released could be taken first)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               os.path.join(ROOT, "pretrain.py"), *flags]
     return subprocess.run(command, capture_output=True, text=True, cwd=cwd, timeout=600)
 
 

@@ -2,22 +2,16 @@
 --dry_run (the plan shows the processes and engine they set up), the SLURM one under stand-in srun/scontrol."""
 
 import os
-import socket
 import subprocess
 import sys
 
 from conftest import ROOT
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def launch(command, tmp_path, **env):
     env = {**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.path.dirname(sys.executable)}:{os.environ['PATH']}",
-           "MASTER_PORT": str(free_port()), "OUTPUT_DIR": str(tmp_path / "out"),
+           # a rendezvous on port 0: torchrun binds a free one itself, so two suites can run at once
+           "RDZV_ID": "test", "MASTER_PORT": "0", "OUTPUT_DIR": str(tmp_path / "out"),
            "DATA_CACHE": str(tmp_path / "cache"), **env}
     return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
 
@@ -41,11 +35,10 @@ def test_slurm_script_runs_torchrun_rendezvous_through_srun(tiny_model_dir, corp
     for name, body in fakes.items():
         (tmp_path / "bin" / name).write_text("#!/usr/bin/env bash\n" + body)
         (tmp_path / "bin" / name).chmod(0o755)
-    port = free_port()
     proc = launch(["bash", "examples/slurm/pretrain.sbatch", "--dry_run", "--block_size", "64"], tmp_path,
-                  MASTER_PORT=str(port), MODEL_DIR=tiny_model_dir, DATA_DIR=corpus_dir, DEEPSPEED_CONFIG="",
+                  MODEL_DIR=tiny_model_dir, DATA_DIR=corpus_dir, DEEPSPEED_CONFIG="",
                   SLURM_NNODES="1", SLURM_JOB_ID="42", SLURM_JOB_NODELIST="node[1-2]", SLURM_SUBMIT_DIR=ROOT, SLURM_GPUS_ON_NODE="1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "DDP (no sharding) on 1 x 1 GPUs" in proc.stdout
-    assert (f"--nnodes 1 --nproc_per_node 1 --rdzv_id 42 --rdzv_backend c10d --rdzv_endpoint 127.0.0.1:{port} "
+    assert ("--nnodes 1 --nproc_per_node 1 --rdzv_id 42 --rdzv_backend c10d --rdzv_endpoint 127.0.0.1:0 "
             "pretrain.py") in (tmp_path / "torchrun-args").read_text()

@@ -248,7 +248,7 @@ def test_two_cpu_processes_train_together_and_prepare_once(tiny_model_dir, tmp_p
     data = stdlib_corpus.write_corpus(str(tmp_path / "data"), stdlib_corpus.MODULES[:3])
     replay = stdlib_corpus.write_corpus(str(tmp_path / "replay"), stdlib_corpus.MODULES[3:5])
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
-    proc = subprocess.run([torchrun, "--nproc_per_node", "2", os.path.join(ROOT, "pretrain.py"),
+    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", os.path.join(ROOT, "pretrain.py"),
                            "--model_name_or_path", tiny_model_dir, "--mix", f"domain={data}:0.7,replay={replay}:0.3",
                            "--data_cache_dir", str(tmp_path / "cache"), "--output_dir", str(tmp_path / "out"),
                            "--do_train", "--max_steps", "2", "--block_size", "32", "--per_device_train_batch_size", "4",
