@@ -105,7 +105,7 @@ GPU_SETTINGS = {
     "--fp16": (["--fp16"], "--fp16 needs a CUDA GPU .* use --bf16 .* fp32"),
     "--dtype float16": (["--dtype", "float16"], "use --dtype bfloat16 or --dtype float32"),
     "--use_liger_kernel": (["--use_liger_kernel"], "needs a CUDA GPU and the liger-kernel package"),
-    "--fsdp": (["--fsdp", "full_shard"], "--fsdp needs CUDA GPUs"),
+    "--fsdp": (["--fsdp", "full_shard"], "--fsdp needs CUDA GPUs .* --deepspeed ds_configs/zero3_no_offload.json"),
     "flash_attention_2": (["--attn_implementation", "flash_attention_2"], "needs a CUDA GPU and the flash-attn"),
 }
 

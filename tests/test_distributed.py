@@ -102,20 +102,3 @@ def test_zero3_lora_trains_in_bf16(setup, tiny_model_dir):
     embeddings = AutoModelForCausalLM.from_pretrained(tiny_model_dir).get_input_embeddings().weight
     assert weights[EMBED].dtype == torch.bfloat16 and weights[EMBED].shape == embeddings.shape
     assert not torch.equal(weights[EMBED], embeddings.to(torch.bfloat16))
-
-
-def test_fsdp_without_a_gpu_says_so_instead_of_running_ddp(tmp_path, monkeypatch):
-    from arguments import UserError, parse_args
-
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(UserError, match="--fsdp needs CUDA GPUs .* --deepspeed ds_configs/zero3_no_offload.json"):
-        parse_args(["--output_dir", str(tmp_path), "--fsdp"])
-
-
-def test_liger_kernels_without_a_gpu_say_so(tmp_path, monkeypatch):
-    from arguments import UserError, parse_args
-
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(UserError, match="--use_liger_kernel needs a CUDA GPU and the liger-kernel package"):
-        parse_args(["--output_dir", str(tmp_path), "--use_liger_kernel"])
-    assert parse_args(["--output_dir", str(tmp_path)])[2].use_liger_kernel is False
