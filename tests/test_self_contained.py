@@ -42,3 +42,43 @@ def test_every_bench_starts(bench):
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "bench", bench), "--help"], cwd=ROOT,
                           capture_output=True, text=True)
     assert proc.returncode == 0 and "usage:" in proc.stdout, proc.stderr[-2000:]
+
+
+SCRIPTS = {"pretrain", "merge_lora", "evaluate_lm", "extend_tokenizer"}
+
+
+def project_imports():
+    """{module: the project modules it imports} for every top-level module of the repository."""
+    import ast
+
+    modules = {name[:-3] for name in os.listdir(ROOT) if name.endswith(".py")}
+    graph = {}
+    for module in modules:
+        with open(os.path.join(ROOT, module + ".py"), encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+        names = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                 for alias in node.names}
+        names |= {node.module.split(".")[0] for node in ast.walk(tree)
+                  if isinstance(node, ast.ImportFrom) and node.module and not node.level}
+        graph[module] = names & modules - {module}
+    return graph
+
+
+def test_imports_point_down_scripts_on_top_and_no_cycle():
+    graph = project_imports()
+    assert SCRIPTS <= set(graph)
+    upward = {f"{module} imports {name}" for module, names in graph.items() for name in names if name in SCRIPTS}
+    assert not upward, "a script is imported: " + ", ".join(sorted(upward))
+    done, visiting = set(), []
+
+    def visit(module):  # depth first; a module met again on the current path closes a cycle
+        assert module not in visiting, "import cycle: " + " -> ".join(visiting[visiting.index(module):] + [module])
+        if module not in done:
+            visiting.append(module)
+            for name in sorted(graph[module]):
+                visit(name)
+            visiting.pop()
+            done.add(module)
+
+    for module in sorted(graph):
+        visit(module)

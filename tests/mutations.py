@@ -1,0 +1,117 @@
+"""Mutation checks: break the product on purpose, one way at a time, in a copy of the repository, and run the
+tests that claim to guard it. Each mutation must make them fail; one that passes is a test that cannot catch
+what it claims.
+
+    python tests/mutations.py            # every mutation (a few minutes)
+    python tests/mutations.py resume     # those whose name contains "resume"
+
+Prints one line a mutation (caught or NOT CAUGHT, and the time) and exits 1 if any was not caught. Not a
+test file itself (pytest does not collect it): `make mutations` runs it.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclass
+class Mutation:
+    name: str
+    path: str  # the file changed, relative to the repository
+    old: str  # text that occurs exactly once in it
+    new: str
+    tests: tuple  # pytest arguments: the tests that must catch it
+
+
+MUTATIONS = [
+    Mutation("resume starts again from step 0", "pretrain.py", "trainer.train(resume_from_checkpoint=resume)",
+             "trainer.train(resume_from_checkpoint=None)",
+             ("tests/test_resume.py", "-k", "mid_way and cached")),
+    Mutation("resume accepts other data", "trainer_utils.py", "    if changes:\n        raise UserError(",
+             "    if False:\n        raise UserError(", ("tests/test_faults_training.py", "-k", "other_data")),
+    Mutation("interrupted saves renamed onto each other", "trainer_utils.py",
+             'target = os.path.join(folder, f"incomplete-{name}" + (f".{n}" if n > 1 else ""))',
+             'target = os.path.join(folder, f"incomplete-{name}")',
+             ("tests/test_faults_training.py", "-k", "interrupted_saves")),
+    Mutation("a full disk is a traceback", "trainer_utils.py", "        if not is_disk_full(e):\n            raise",
+             "        if True:\n            raise", ("tests/test_faults_training.py", "-k", "want_of_space")),
+    Mutation("one step past --max_steps after a final-save kill", "trainer_utils.py",
+             "        if 0 < self.state.max_steps <= self.state.global_step:",
+             "        if False:", ("tests/test_faults_training.py", "-k", "final_save")),
+    Mutation("the eval loss is a mean of batch means", "trainer_utils.py",
+             "            output.metrics[f\"{metric_key_prefix}_loss\"] = nll / tokens",
+             "            pass", ("tests/test_bits_per_byte.py",)),
+    Mutation("an adapter of another base loads", "model_utils.py", "    other_shape = [key for key in expected",
+             "    return\n    other_shape = [key for key in expected",
+             ("tests/test_faults_training.py", "-k", "adapter_of_another")),
+    Mutation("any ValueError while loading blames the path", "model_utils.py",
+             "        if not isinstance(e, OSError) and not is_about_path(e, path):\n            raise",
+             "        pass", ("tests/test_invariance.py", "-k", "bug_inside_loading")),
+    Mutation("merge_lora writes into an existing folder", "output_utils.py",
+             "    if os.path.isdir(output_dir) and os.listdir(output_dir) and not overwrite:",
+             "    if False:", ("tests/test_faults_scripts.py", "-k", "existing_non_empty")),
+    Mutation("--output_dir under a file found late", "arguments.py",
+             "    if not os.path.isdir(existing):\n        raise UserError(",
+             "    if False:\n        raise UserError(", ("tests/test_faults_training.py", "-k", "output_dir")),
+    Mutation("the dry run checks the GPU at parse time", "arguments.py",
+             "        if self.output_dir and not self.dry_run:",
+             "        check_hardware(ModelArguments(), self)\n        if self.output_dir and not self.dry_run:",
+             ("tests/test_arguments.py", "-k", "gpu_settings")),
+]
+
+
+def copy_repository(target):
+    """The working tree's tracked and untracked (not ignored) files, as git lists them."""
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                            capture_output=True, text=True, check=True).stdout.splitlines()
+    for name in listed:
+        if os.path.isfile(os.path.join(ROOT, name)):
+            os.makedirs(os.path.dirname(os.path.join(target, name)), exist_ok=True)
+            shutil.copy2(os.path.join(ROOT, name), os.path.join(target, name))
+
+
+def apply(mutation, root):
+    path = os.path.join(root, mutation.path)
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    if text.count(mutation.old) != 1:
+        raise SystemExit(f"mutation {mutation.name!r}: its text occurs {text.count(mutation.old)} times in "
+                         f"{mutation.path}, not once; update tests/mutations.py")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text.replace(mutation.old, mutation.new))
+
+
+def caught(mutation):
+    """Whether the mutation's tests fail on a copy of the repository with it applied."""
+    with tempfile.TemporaryDirectory(prefix="mutation-") as root:
+        copy_repository(root)
+        os.symlink(os.path.join(ROOT, ".cache"), os.path.join(root, ".cache"))  # the converted SmolLM2, if any
+        apply(mutation, root)
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+                               *mutation.tests], cwd=root, capture_output=True, text=True)
+    if proc.returncode == 5:
+        raise SystemExit(f"mutation {mutation.name!r}: {' '.join(mutation.tests)} collects no test")
+    return proc.returncode != 0
+
+
+def main(argv):
+    chosen = [m for m in MUTATIONS if not argv or any(word in m.name for word in argv)]
+    missed = []
+    for mutation in chosen:
+        start = time.time()
+        ok = caught(mutation)
+        print(f"{'caught' if ok else 'NOT CAUGHT':10} {mutation.name} ({mutation.path}; {time.time() - start:.0f} s)",
+              flush=True)
+        missed += [] if ok else [mutation.name]
+    print(f"{len(chosen) - len(missed)} of {len(chosen)} mutations caught")
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
