@@ -1,18 +1,27 @@
 """Raw files in, packed token rows out.
 
 files --read--> documents --clean, dedupe-->
-      --tokenize (BOS if the tokenizer adds one, EOS after every document)-->
       --split by document hash--> train / validation
-      --pack into block_size rows (position_ids restart at each document)--> cache (Arrow) --> Trainer
+      --tokenize (BOS if the tokenizer adds one, EOS after every document)-->
+      --pack into block_size rows (position_ids restart at each document)--> cache (Arrow) or stream --> Trainer
+
+One reader, one split rule and one packer serve every entry: corpus_documents gives the cleaned documents of a
+set of paths under the run's rules (prepared training runs the same steps a shard at a time), held_out decides
+the split (held_out_rule applies it to a stream), RowPacker packs (pack_token_array a batch at a time) for
+the cache and for the stream alike. So cached and streaming training, --dry_run, evaluate_lm.py and
+extend_tokenizer.py see the same documents.
 
 Every function on the path from documents to rows is pure; `prepare_datasets` wires them and caches the
-result under a fingerprint of the input contents, the tokenizer and the options. With
+result under a fingerprint of the input contents, the tokenizer, the options and this file's code. With
 --preprocessing_num_workers 2 or more, worker processes read and clean shards of the files and tokenize
 the documents of each shard that are kept; the main process merges the shards' exact-dedupe digests in file
-order, splits and packs, so the rows are the same for any number of workers. In one process, a shard is
-tokenized in a thread while the next is read and cleaned.
+order, splits and packs, so the rows are the same for any number of workers. In one process, every shard is
+read and cleaned first (the split needs every document), then tokenized and packed one shard after another.
+`training_datasets` is the one call a training run makes: the train set, the eval sets, their sizes for bits
+per byte and the stats, cached or streamed.
 """
 
+import array
 import contextlib
 import csv
 import dataclasses
@@ -46,7 +55,8 @@ logger = logging.getLogger(__name__)
 
 TEXT_EXTENSIONS = (".txt", ".jsonl", ".json", ".csv", ".parquet")
 DEFAULT_TEXT_COLUMNS = ("text", "content")
-# Bump when the prepared rows change for the same inputs, so old caches are not reused.
+# In the cache key with code_version (which any edit of this file changes): names the cache layouts that
+# an older copy of the code wrote.
 PREPARED_FORMAT_VERSION = 4  # 2: int32 rows packed from Arrow arrays; 3: a stream file a split; 4: their sha256
 IGNORE_INDEX = -100
 ZERO_IDS = np.zeros(0, dtype=np.int32)
@@ -443,12 +453,13 @@ def clean_text(text, stats=None):
 
 def clean_documents(texts, stats, min_chars=1, near_duplicates=None):
     """Clean each document; drop empty, too short (fewer than min_chars characters), exactly repeated and,
-    with a NearDuplicates filter, near-duplicate ones. Counts each reason in `stats`.
+    with a NearDuplicates filter, near-duplicate ones. Counts each reason in `stats`, and the documents that
+    NFC or removing control characters changed.
 
     >>> stats = Counter()
     >>> list(clean_documents(["Việt", "", "ok", "Vie\u0302\u0323t"], stats, min_chars=3))
     ['Việt']
-    >>> dict(stats)  # each step counted: documents changed by NFC or by removing control characters, dropped
+    >>> dict(stats)  # doctest: +NORMALIZE_WHITESPACE
     {'read': 4, 'normalized_nfc': 1, 'removed_control_chars': 0, 'kept': 1, 'dropped_empty': 1, 'dropped_short': 1,
      'dropped_duplicate': 1}
     """
@@ -515,10 +526,45 @@ def near_duplicates(data_args):
     return NearDuplicates(data_args.near_dedup_threshold) if data_args.near_dedup_threshold else None
 
 
-def cleaner(data_args):
-    """clean_documents with the flags' settings: texts, stats -> kept texts."""
-    near = near_duplicates(data_args)
-    return lambda texts, stats: clean_documents(texts, stats, data_args.min_doc_chars, near)
+def shard_documents(shard, data_args, stats, limit=None):
+    """(text, digest) of each document of one of data_shards' (path, start, end) that cleaned_documents keeps,
+    read under the run's rules: --text_column, --keep_linebreaks, --min_doc_chars, and a bad record stopping
+    the run or, with --skip_bad_records, skipped and counted in stats. At most limit documents are read."""
+    path, start, end = shard
+    texts = read_documents(path, data_args.text_column, data_args.keep_linebreaks,
+                           stats if data_args.skip_bad_records else None, start, end)
+    return cleaned_documents(itertools.islice(texts, limit), stats, data_args.min_doc_chars)
+
+
+def corpus_pairs(paths, data_args, stats=None):
+    """(text, digest) of each document of files or folders that training keeps, in order: shard_documents of
+    every file, then exact (and with --near_dedup_threshold, near) duplicates dropped. Read lazily, so a corpus
+    may be larger than memory; the files are listed (and a missing one found) at once. stats: counts of
+    reading and cleaning (describe_documents)."""
+    files = list_data_files(paths)
+    stats = Counter() if stats is None else stats
+    cleaned = (pair for path in files for pair in shard_documents((path, 0, None), data_args, stats))
+    return unique_documents(cleaned, stats, near_duplicates(data_args))
+
+
+def corpus_documents(paths, data_args, stats=None):
+    """The cleaned documents of files or folders as training sees them (corpus_pairs' texts): the one reader
+    of streaming training, --dry_run, evaluate_lm.py and extend_tokenizer.py; prepared training runs the same
+    steps a shard at a time (read_clean_documents). data_args: the rules (a DataArguments).
+
+    >>> import tempfile
+    >>> from arguments import DataArguments
+    >>> with tempfile.NamedTemporaryFile("w", suffix=".jsonl") as f:
+    ...     _ = f.write('{"text": "A document."}\\n{"text": "short"}\\n{"text": "A document."}\\n{"text": ')
+    ...     _ = f.flush()
+    ...     stats = Counter()
+    ...     list(corpus_documents([f.name], DataArguments(skip_bad_records=True), stats))
+    ['A document.']
+    >>> print(describe_documents(stats))  # doctest: +NORMALIZE_WHITESPACE
+    3 read, 1 kept, dropped: 1 duplicate, 1 short, 1 bad records skipped, 0 NFC-normalized,
+    0 stripped of control characters
+    """
+    return (text for text, _ in corpus_pairs(paths, data_args, stats))
 
 
 def text_digest(text):
@@ -558,6 +604,32 @@ def held_out(digests, validation_percentage):
     return held
 
 
+def held_out_rule(digests, validation_percentage):
+    """held_out for a stream: a function of a document's digest that is true where held_out, given the
+    text_digests of the whole corpus (an iterator), holds it out. Once a document on each side of the
+    percentage has been read, held_out is the hash rule alone, and no more is read; otherwise its exceptions
+    (none held out by hash, or all) need every digest, and held_out decides on them.
+
+    >>> held_out_rule(map(text_digest, ["a", "b", "c", "d"]), 0.001)(text_digest("c"))  # split_documents' one
+    True
+    """
+    # partial functions and a set's method rather than lambdas: a dataloader that spawns its workers pickles them
+    if validation_percentage <= 0:
+        return functools.partial(hash_below, 0.0)
+    threshold, sides, read = validation_percentage / 100, set(), array.array("Q")
+    for digest in digests:
+        read.append(digest)
+        sides.add(hash_below(threshold, digest))
+        if len(sides) == 2:
+            return functools.partial(hash_below, threshold)
+    return set(itertools.compress(read, held_out(read, validation_percentage))).__contains__
+
+
+def hash_below(threshold, digest):
+    """Whether a text_digest's fraction of 2**64 is below threshold, compared in float64 as held_out does."""
+    return digest / 2**64 < threshold
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Tokenizing and packing
 
@@ -565,8 +637,12 @@ def held_out(digests, validation_percentage):
 def tokenize_documents(texts, tokenizer):
     """Token ids of each document: the tokenizer's own special tokens (BOS where the model uses one), then EOS.
 
-    >>> tokenize_documents(["hi"], tok)  # a tokenizer without BOS, hi -> 7, eos -> 2
-    [[7, 2]]
+    >>> from tokenizers import Tokenizer, models, pre_tokenizers
+    >>> from transformers import PreTrainedTokenizerFast
+    >>> words = Tokenizer(models.WordLevel({"<unk>": 0, "</s>": 2, "hi": 7, "there": 8}, unk_token="<unk>"))
+    >>> words.pre_tokenizer = pre_tokenizers.Whitespace()
+    >>> tokenize_documents(["hi", "hi there"], PreTrainedTokenizerFast(tokenizer_object=words, eos_token="</s>"))
+    [[7, 2], [7, 8, 2]]
     """
     return list(ids_ending_in_eos(encode_documents(texts, tokenizer), tokenizer.eos_token_id))
 
@@ -710,11 +786,15 @@ class Documents:
 
 
 def pack_token_array(values, doc_lengths, block_size):
-    """pack_documents on arrays: every document's tokens end to end (values), cut every block_size tokens.
-    Returns (row offsets into values, position_ids for every token); the rows equal pack_documents'.
+    """The packer: documents' tokens laid end to end (values; doc_lengths tokens each), cut every block_size
+    tokens, dropping nothing; a document that does not fit continues at the start of the next row, and only
+    the last row may be shorter. Returns (row offsets into values, position_ids for every token): a position
+    restarts at 0 where a document starts and at the start of every row.
 
     >>> pack_token_array(np.array([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]), np.array([3, 2, 5]), block_size=4)
     (array([ 0,  4,  8, 10]), array([0, 1, 2, 0, 0, 0, 1, 2, 0, 1], dtype=int32))
+
+    Rows [1, 2, 3, 4], [5, 6, 7, 8], [9, 10], with positions [0, 1, 2, 0], [0, 0, 1, 2], [0, 1].
     """
     n = len(values)
     index = np.int32 if n < 2**31 else np.int64
@@ -730,49 +810,70 @@ def pack_token_array(values, doc_lengths, block_size):
         np.int32, copy=False)
 
 
-def iter_packed_rows(token_lists, block_size):
-    """Lay documents end to end and cut rows of block_size tokens; one row at a time (see pack_documents)."""
-    return (row for row, _ in iter_packed_rows_at(token_lists, block_size))
+class RowPacker:
+    """pack_token_array over documents that come a batch at a time, for the cache and the stream alike: the
+    rows it makes of all of them at once, without holding every token. The tokens after a batch's last full
+    row wait for the next batch; finish() packs the last, shorter row.
 
-
-def iter_packed_rows_at(token_lists, block_size):
-    """(row, where the next row starts) for each row of iter_packed_rows; `where` is (documents done, tokens
-    into the next document), so packing can resume there with the same rows.
-
-    >>> list(iter_packed_rows_at([[1, 2, 3], [4]], block_size=2))
-    [({'input_ids': [1, 2], 'position_ids': [0, 1]}, (0, 2)), ({'input_ids': [3, 4], 'position_ids': [0, 0]}, (2, 0))]
+    >>> packer = RowPacker(block_size=4)
+    >>> packer.add(np.array([1, 2, 3, 4, 5]), np.array([3, 2]))  # (tokens, row offsets, position_ids)
+    (array([1, 2, 3, 4]), array([0, 4]), array([0, 1, 2, 0], dtype=int32))
+    >>> packer.add(np.array([6, 7, 8, 9, 10]), np.array([5]))[2]
+    array([0, 0, 1, 2], dtype=int32)
+    >>> packer.finish()
+    (array([ 9, 10]), array([0, 2]), array([0, 1], dtype=int32))
     """
-    ids, pos = [], []
-    for index, doc in enumerate(token_lists):
-        start = 0
-        while start < len(doc):
-            take = doc[start:start + block_size - len(ids)]
-            ids += take
-            pos += range(len(take))
-            start += len(take)
-            if len(ids) == block_size:
-                yield {"input_ids": ids, "position_ids": pos}, (index + 1, 0) if start == len(doc) else (index, start)
-                ids, pos = [], []
-    if ids:
-        yield {"input_ids": ids, "position_ids": pos}, (index + 1, 0)
+
+    def __init__(self, block_size):
+        self.block_size = block_size
+        self.values, self.lengths = ZERO_IDS, ZERO_IDS  # the tokens after the last full row, by document
+
+    def add(self, values, lengths):
+        """(tokens, row offsets into them, position_ids) of the full rows that these documents complete."""
+        values = np.concatenate([self.values, values])
+        full = len(values) - len(values) % self.block_size
+        before, self.lengths = cut_lengths(np.concatenate([self.lengths, lengths]), full)
+        self.values = values[full:]
+        return (values[:full], *pack_token_array(values[:full], before, self.block_size))
+
+    def finish(self):
+        """add's rows for the tokens left: one shorter row, or none."""
+        values, lengths = self.values, self.lengths
+        self.values, self.lengths = ZERO_IDS, ZERO_IDS
+        return (values, *pack_token_array(values, lengths, self.block_size))
 
 
-def pack_documents(token_lists, block_size):
-    """Pack documents' token lists into rows of block_size tokens, dropping nothing.
+def packed_rows_at(batches, block_size, skip=0):
+    """RowPacker's rows, one at a time, of documents that come in batches of (tokens end to end, each one's
+    number of tokens), each row with where the next one starts: (documents done, tokens into the next), so
+    that packing resumes there with the same rows. skip: the first document's tokens packed before (the
+    position a resumed stream starts from).
 
-    Documents are laid end to end; a document that does not fit continues at the start of the next row.
-    position_ids restart at 0 where a document starts and at the start of every row; only the last row
-    may be shorter than block_size.
-
-    >>> pack_documents([[1, 2, 3], [4, 5], [6, 7, 8, 9, 10]], block_size=4)
-    {'input_ids': [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10]],
-     'position_ids': [[0, 1, 2, 0], [0, 0, 1, 2], [0, 1]]}
+    >>> batches = [(np.array([1, 2, 3]), np.array([3])), (np.array([4]), np.array([1]))]
+    >>> [(row["input_ids"], row["position_ids"], at) for row, at in packed_rows_at(batches, block_size=2)]
+    [([1, 2], [0, 1], (0, 2)), ([3, 4], [0, 0], (2, 0))]
     """
-    rows = {"input_ids": [], "position_ids": []}
-    for row in iter_packed_rows(token_lists, block_size):
-        rows["input_ids"].append(row["input_ids"])
-        rows["position_ids"].append(row["position_ids"])
-    return rows
+    packer, start, total, documents = RowPacker(block_size), 0, 0, 0  # tokens in rows, tokens and documents read
+    for values, lengths in batches:
+        if skip:
+            values, lengths, skip = values[skip:], np.append(lengths[0] - skip, lengths[1:]), 0
+        # a row the batch completes ends after the tokens before it: in one of its documents
+        ends = np.append(total, total + np.cumsum(lengths, dtype=np.int64))
+        rows = packer.add(values, lengths)
+        yield from rows_with_positions(rows, start, ends, documents)
+        start, total, documents = start + len(rows[0]), int(ends[-1]), documents + len(lengths)
+    yield from rows_with_positions(packer.finish(), start, np.array([total]), documents)
+
+
+def rows_with_positions(rows, start, ends, documents):
+    """(row, (documents done, tokens into the next)) of RowPacker's rows, whose first token is token `start`
+    of the stream; ends: where the documents the rows end in end (in the stream), after the end of the
+    `documents` documents before them."""
+    values, offsets, positions = rows
+    for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist()):
+        done = int(np.searchsorted(ends, start + b, side="right")) - 1
+        yield ({"input_ids": values[a:b].tolist(), "position_ids": positions[a:b].tolist()},
+               (documents + done, start + b - int(ends[done])))
 
 
 def labels_for_row(input_ids, position_ids):
@@ -791,11 +892,12 @@ class PackedCollator:
     from the restarting position_ids. Short rows are padded with pad_token_id, positions 0.. (a segment of
     their own) and labels -100.
 
-    >>> PackedCollator(pad_token_id=0)([{"input_ids": [5, 6, 7], "position_ids": [0, 0, 1]},
-    ...                                 {"input_ids": [8], "position_ids": [0]}])
-    {'input_ids': tensor([[5, 6, 7], [8, 0, 0]]),
-     'position_ids': tensor([[0, 0, 1], [0, 0, 1]]),
-     'labels': tensor([[-100, -100, 7], [-100, -100, -100]])}
+    >>> batch = PackedCollator(pad_token_id=0)([{"input_ids": [5, 6, 7], "position_ids": [0, 0, 1]},
+    ...                                         {"input_ids": [8], "position_ids": [0]}])
+    >>> {name: tensor.tolist() for name, tensor in batch.items()}  # doctest: +NORMALIZE_WHITESPACE
+    {'input_ids': [[5, 6, 7], [8, 0, 0]],
+     'position_ids': [[0, 0, 1], [0, 0, 1]],
+     'labels': [[-100, -100, 7], [-100, -100, -100]]}
     """
 
     pad_token_id: int
@@ -829,11 +931,13 @@ class FlattenedCollator:
     token (as PackedCollator). No padding at all. transformers' DataCollatorWithFlattening does the
     flattening; written here is only the cut of our rows into their documents.
 
-    >>> FlattenedCollator()([{"input_ids": [5, 6, 7], "position_ids": [0, 0, 1]},
-    ...                      {"input_ids": [8], "position_ids": [0]}])
-    {'input_ids': tensor([[5, 6, 7, 8]]), 'labels': tensor([[-100, -100, 7, -100]]),
-     'position_ids': tensor([[0, 0, 1, 0]]), 'cu_seq_lens_q': tensor([0, 1, 3, 4], dtype=torch.int32),
-     'cu_seq_lens_k': tensor([0, 1, 3, 4], dtype=torch.int32), 'max_length_q': 2, 'max_length_k': 2}
+    >>> batch = FlattenedCollator()([{"input_ids": [5, 6, 7], "position_ids": [0, 0, 1]},
+    ...                              {"input_ids": [8], "position_ids": [0]}])
+    >>> {k: v.tolist() if torch.is_tensor(v) else v for k, v in batch.items()}  # doctest: +NORMALIZE_WHITESPACE
+    {'input_ids': [[5, 6, 7, 8]], 'labels': [[-100, -100, 7, -100]], 'position_ids': [[0, 0, 1, 0]],
+     'cu_seq_lens_q': [0, 1, 3, 4], 'cu_seq_lens_k': [0, 1, 3, 4], 'max_length_q': 2, 'max_length_k': 2}
+    >>> batch["cu_seq_lens_q"].dtype
+    torch.int32
     """
 
     def __init__(self):
@@ -920,14 +1024,15 @@ def next_phase_state(sources):
 
 
 class StreamingRows(torch.utils.data.IterableDataset):
-    """Packed rows made on the fly from the files, for corpora larger than memory: documents are read,
-    cleaned, split, tokenized a batch at a time and packed as the Trainer asks for rows; nothing is cached.
-    With several sources, their rows are mixed by mix_rows, phase after phase.
+    """Packed rows made on the fly from the files, for corpora larger than memory: documents are read and
+    cleaned (corpus_pairs), split, tokenized a batch at a time and packed (packed_rows_at) as the Trainer asks
+    for rows; nothing is cached. With several sources, their rows are mixed by mix_rows, phase after phase.
 
-    The split is the same hash rule as prepare_datasets (without its at-least-one rule, which needs every
-    document first). Dataloader workers take every n-th document each, so no token is read twice.
-    Resuming: `resume_state` (from state_after) starts at the next unseen row: the documents before it are
-    read again (cleaning and dedupe need them) but not tokenized.
+    The split is prepare_datasets' (held_out, through held_out_rule): where it must hold out a document that
+    no hash puts below the percentage, a first pass reads the source's documents (not tokenized) to find it.
+    Dataloader workers take every n-th document each, so no token is read twice. Resuming: `resume_state`
+    (from state_after) starts at the next unseen row: the documents before it are read again (cleaning and
+    dedupe need them) but not tokenized.
     """
 
     def __init__(self, sources, data_args, tokenizer, block_size, held_out=None, limit=None, phases=None,
@@ -938,22 +1043,22 @@ class StreamingRows(torch.utils.data.IterableDataset):
         self.phases = phases or [({name: 1.0 for name in sources}, None, 1)]
         self.exhausted = data_args.mix_exhausted if phases else "stop"
         self.stats, self.resume_state, self.history, self.taken = Counter(), None, {}, 0
+        self.split_rules = {}
+
+    def split_rule(self, name):
+        """held_out_rule of one source, found once (its first pass reads documents with counts of its own)."""
+        if name not in self.split_rules:
+            digests = (digest for _, digest in corpus_pairs(self.sources[name], self.data_args, Counter()))
+            self.split_rules[name] = held_out_rule(digests, self.data_args.validation_split_percentage)
+        return self.split_rules[name]
 
     def documents(self, name):
         worker = torch.utils.data.get_worker_info()
         shard, shards = (worker.id, worker.num_workers) if worker else (0, 1)
-        texts = (d for path in list_data_files(self.sources[name]) for d in read_documents(
-            path, self.data_args.text_column, self.data_args.keep_linebreaks,
-            self.stats if self.data_args.skip_bad_records else None))
-        threshold = self.data_args.validation_split_percentage / 100
-        for i, text in enumerate(cleaner(self.data_args)(texts, self.stats)):
-            if i % shards == shard and (self.held_out is None or (document_hash_fraction(text) < threshold)
-                                        == self.held_out):
+        held = None if self.held_out is None else self.split_rule(name)
+        for i, (text, digest) in enumerate(corpus_pairs(self.sources[name], self.data_args, self.stats)):
+            if i % shards == shard and (held is None or held(digest) == self.held_out):
                 yield text
-
-    def token_lists(self, texts):
-        while batch := list(itertools.islice(texts, self.batch_documents)):
-            yield from tokenize_documents(batch, self.tokenizer)
 
     def source_rows(self, name, pass_number, position):
         """(row, position after it) of one source from position (documents done, tokens into the next)."""
@@ -961,11 +1066,10 @@ class StreamingRows(torch.utils.data.IterableDataset):
         texts = self.documents(name)
         for _ in itertools.islice(texts, done):  # read again, not tokenized
             pass
-        tokens = self.token_lists(texts)
-        first = next(tokens, None)
-        if first is None:
-            return
-        for row, (d, t) in iter_packed_rows_at(itertools.chain([first[into:]], tokens), self.block_size):
+        batches = (Documents.tokenized(batch, {"tokenizer": self.tokenizer}) for batch in
+                   iter(lambda: list(itertools.islice(texts, self.batch_documents)), []))
+        batches = ((documents.values, documents.lengths) for documents in batches)
+        for row, (d, t) in packed_rows_at(batches, self.block_size, skip=into):
             yield row, (done + d, t + into if d == 0 else t)
 
     def __iter__(self):
@@ -1054,9 +1158,18 @@ def tokenizer_fingerprint(tokenizer):
     return digest.hexdigest()
 
 
+@functools.cache
+def code_version():
+    """The sha256 of this file, which holds all the code that makes rows: an edit to reading, cleaning,
+    splitting, tokenizing or packing prepares the data again rather than reusing rows the old code made."""
+    with open(__file__, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def data_fingerprint(paths_by_role, tokenizer, options):
-    """Hash of everything the prepared rows depend on: each role's file contents, the tokenizer, the options."""
-    digest = hashlib.sha256(json.dumps([PREPARED_FORMAT_VERSION, options], sort_keys=True).encode())
+    """Hash of everything the prepared rows depend on: each role's file contents, the tokenizer, the options
+    and the code (code_version)."""
+    digest = hashlib.sha256(json.dumps([PREPARED_FORMAT_VERSION, code_version(), options], sort_keys=True).encode())
     for role, paths in paths_by_role.items():
         for path in paths:
             digest.update(f"{role}:{file_digest(path)}".encode())
@@ -1126,17 +1239,15 @@ def run_in_worker(function, item):
 
 
 def clean_shard(shard, context, limit=None):
-    """Read and clean one of data_shards' (path, start, end), at most limit documents: (texts, their
-    digests, counts), cleaned_documents' output for the shard. context: {"data_args": ...}."""
-    data_args, stats = context["data_args"], Counter()
-    path, start, end = shard
-    texts = read_documents(path, data_args.text_column, data_args.keep_linebreaks,
-                           stats if data_args.skip_bad_records else None, start, end)
-    return cleaned_part(itertools.islice(texts, limit), stats, data_args)
+    """shard_documents of one of data_shards' (path, start, end), at most limit documents read: (texts, their
+    digests, counts). context: {"data_args": ...}."""
+    stats = Counter()
+    return cleaned_part(shard_documents(shard, context["data_args"], stats, limit), stats)
 
 
-def cleaned_part(texts, stats, data_args):
-    pairs = list(cleaned_documents(texts, stats, data_args.min_doc_chars))
+def cleaned_part(pairs, stats):
+    """(texts, digests, stats) of cleaned_documents' (text, digest) pairs."""
+    pairs = list(pairs)
     return [t for t, _ in pairs], [d for _, d in pairs], stats
 
 
@@ -1150,13 +1261,16 @@ class KeptShard:
 
 
 def read_clean_documents(paths, data_args, stats, workers, max_documents=None, extra=None):
-    """Read every path (and an already loaded dataset `extra`, first), clean, dedupe: a KeptShard for each
-    shard, in order. At most max_documents read. The workers read and clean shards of the files; here the
-    shards' digests are merged in file order (the first occurrence of a document is kept, as reading the files
-    in one process would) and near duplicates dropped; worker processes start tokenizing each shard's kept
-    documents at once, while the next shards are read."""
-    parts = [] if extra is None else [cleaned_part(itertools.islice(read_table(
-        extra, data_args.text_column, data_args.dataset_name), max_documents), Counter(), data_args)]
+    """Read every path (and an already loaded dataset `extra`, first), clean, dedupe: corpus_pairs' documents
+    by the same steps (shard_documents, unique_documents), a KeptShard for each shard, in order. At most
+    max_documents read. The workers read and clean shards of the files; here the shards' digests are merged
+    in file order (the first occurrence of a document is kept, as reading the files in one process would)
+    and near duplicates dropped; worker processes start tokenizing each shard's kept documents at once, while
+    the next shards are read."""
+    parts, extra_stats = [], Counter()
+    if extra is not None:
+        texts = itertools.islice(read_table(extra, data_args.text_column, data_args.dataset_name), max_documents)
+        parts.append(cleaned_part(cleaned_documents(texts, extra_stats, data_args.min_doc_chars), extra_stats))
     shards = data_shards(list_data_files(paths), workers.pieces) if paths else []
     if max_documents:  # one file after another, in this process, until max_documents are read
         for shard in shards:
@@ -1204,17 +1318,15 @@ ROW_SCHEMA = pa.schema([("input_ids", pa.list_(pa.int32())), ("position_ids", pa
 
 class RowWriter:
     """One split's packed rows, written to an Arrow stream file (datasets.Dataset.from_file reads it) as its
-    documents come, a shard at a time: the rows pack_token_array makes of all of them at once, without
-    holding every token. The tokens after a shard's last full row wait for the next shard. stats(): documents,
-    rows, tokens, scored tokens (labels that are not -100) and UTF-8 bytes of the split: bits per byte = mean
-    loss x scored tokens / bytes / ln 2."""
+    documents come, a shard at a time, packed by a RowPacker. stats(): documents, rows, tokens, scored tokens
+    (labels that are not -100) and UTF-8 bytes of the split: bits per byte = mean loss x scored tokens /
+    bytes / ln 2."""
 
     def __init__(self, path, block_size, name):
-        self.block_size, self.name = block_size, name
+        self.packer, self.name = RowPacker(block_size), name
         self.stack = contextlib.ExitStack()
         self.writer = self.stack.enter_context(pa.ipc.new_stream(self.stack.enter_context(pa.OSFile(path, "wb")),
                                                                  ROW_SCHEMA))
-        self.values, self.lengths = ZERO_IDS, ZERO_IDS  # the tokens after the last full row, by document
         self.counts = Counter(documents=0, rows=0, tokens=0, scored_tokens=0, bytes=0)
 
     def __enter__(self):
@@ -1225,16 +1337,11 @@ class RowWriter:
 
     def add(self, documents):
         self.counts.update(documents=len(documents.texts), bytes=sum(map(utf8_length, documents.texts)))
-        values = np.concatenate([self.values, documents.values])
-        full = len(values) - len(values) % self.block_size
-        before, self.lengths = cut_lengths(np.concatenate([self.lengths, documents.lengths]), full)
-        self.write(values[:full], before)
-        self.values = values[full:]
+        self.write(*self.packer.add(documents.values, documents.lengths))
 
-    def write(self, values, lengths):
+    def write(self, values, offsets, positions):
         if not len(values):
             return
-        offsets, positions = pack_token_array(values, lengths, self.block_size)
         offsets = pa.array(offsets.astype(np.int32))
         self.writer.write_batch(pa.record_batch([pa.ListArray.from_arrays(offsets, pa.array(values)),
                                                  pa.ListArray.from_arrays(offsets, pa.array(positions))],
@@ -1243,8 +1350,7 @@ class RowWriter:
 
     def stats(self):
         """Write the last, shorter row; the split's counts, named {name}_documents and so on."""
-        self.write(self.values, self.lengths)
-        self.values, self.lengths = ZERO_IDS, ZERO_IDS
+        self.write(*self.packer.finish())
         return {f"{self.name}_{k}": v for k, v in self.counts.items()}
 
 
@@ -1556,3 +1662,112 @@ def prepare_mixed_datasets(data_args, tokenizer, block_size, seed, max_documents
     first = prepared[next(iter(prepared))]
     evals.update({split[len("eval_"):]: first[split] for split in first if split.startswith("eval_")})
     return train, evals, dict(stats)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A training run's data
+
+
+DEBUG_MAX_DOCUMENTS = 1000  # --debug_mode reads at most this many documents
+
+
+def training_datasets(data_args, training_args, tokenizer, block_size):
+    """(train dataset, eval dataset or {name: dataset} or None, {metric prefix: (scored tokens, bytes)} for
+    bits per byte, stats or None when streaming): every set a run trains and evaluates on, prepared and cached
+    (prepared_training_datasets) or streamed (checked_streaming_datasets)."""
+    if data_args.streaming:
+        train, validation = checked_streaming_datasets(data_args, training_args, tokenizer, block_size)
+        sizes, stats = {}, None
+    else:
+        train, validation, sizes, stats = prepared_training_datasets(data_args, training_args, tokenizer, block_size)
+    if training_args.do_eval and not validation:
+        raise UserError("--do_eval needs validation data: set --validation_split_percentage above 0, or give "
+                        "--validation_file or --eval_files")
+    if training_args.debug_mode:
+        logger.info("First training row, decoded: %r", tokenizer.decode(next(iter(train))["input_ids"]))
+    return train, validation, sizes, stats
+
+
+def prepared_training_datasets(data_args, training_args, tokenizer, block_size):
+    """training_datasets' four from the cache: the local main process prepares it while the others wait, then
+    they read it; --max_train_samples and --max_eval_samples applied."""
+    max_documents = DEBUG_MAX_DOCUMENTS if training_args.debug_mode else None
+    if training_args.local_process_index != 0:  # --overwrite_cache is for the one process that prepares
+        data_args = dataclasses.replace(data_args, overwrite_cache=False)
+    with training_args.main_process_first(desc="preparing data"):  # rank 0 prepares; the others read its cache
+        if data_args.curriculum:
+            train, sets, stats = prepare_mixed_datasets(data_args, tokenizer, block_size, training_args.seed,
+                                                        max_documents)
+        else:
+            prepared, stats = prepare_datasets(data_args, tokenizer, block_size, max_documents)
+    logger.info("Documents: %s", describe_documents(stats))
+    logger.info("Data: %s", json.dumps(stats))
+    if data_args.curriculum:
+        logger.info("Mix token shares: %s", {k[6:]: v for k, v in stats.items() if k.startswith("share_")})
+        return (select_rows(train, data_args.max_train_samples), *mixed_eval_sets(sets, stats, data_args), stats)
+    return (select_rows(prepared["train"], data_args.max_train_samples), *eval_sets(prepared, stats, data_args),
+            stats)
+
+
+def checked_streaming_datasets(data_args, training_args, tokenizer, block_size):
+    """streaming_datasets, once the flags that a stream cannot serve are refused and the files are found."""
+    if training_args.do_train and training_args.max_steps <= 0 and not data_args.prepare_data_only:
+        raise UserError("--streaming needs --max_steps: a stream has no length to count epochs by")
+    if data_args.dataset_name:
+        raise UserError("--streaming reads --dataset_dir/--train_file(s)/--mix and --validation_file only; drop "
+                        "--dataset_name or --streaming")
+    if data_args.eval_files and not data_args.curriculum:
+        raise UserError("--streaming takes --eval_files only with --mix/--phases; drop --eval_files or --streaming")
+    list_data_files(data_args.training_paths or [p for ps in data_args.mix_sources.values() for p in ps])
+    return streaming_datasets(data_args, tokenizer, block_size)
+
+
+def select_rows(dataset, limit):
+    """The first limit rows of a dataset (all of them when limit is None)."""
+    return dataset.select(range(min(limit, len(dataset)))) if limit and dataset is not None else dataset
+
+
+def eval_sets(prepared, stats, data_args):
+    """The eval dataset for the Trainer (the held-out split alone, or it and every --eval_files set by name)
+    and each set's (scored tokens, bytes) by metric prefix, for bits per byte."""
+    splits = {"validation": "validation"} if "validation" in prepared else {}
+    splits.update({name: f"eval_{name}" for name in data_args.named_eval_files})
+    sets = {name: select_rows(prepared[split], data_args.max_eval_samples) for name, split in splits.items()}
+    if not data_args.named_eval_files:  # one unnamed set: metrics are eval_loss, eval_bpb, ...
+        return sets.get("validation"), {"eval": scored_sizes(sets["validation"], stats, "validation")} if sets else {}
+    return sets, {f"eval_{name}": scored_sizes(sets[name], stats, split) for name, split in splits.items()}
+
+
+def mixed_eval_sets(sets, stats, data_args):
+    """Each mixed source's held-out rows (and each --eval_files set) as a named eval set."""
+    sets = {name: select_rows(d, data_args.max_eval_samples) for name, d in sets.items()}
+    splits = {name: f"eval_{name}" if name in data_args.named_eval_files else f"{name}_validation" for name in sets}
+    return sets, {f"eval_{name}": scored_sizes(sets[name], stats, splits[name]) for name in sets}
+
+
+def scored_sizes(dataset, stats, split):
+    """(scored tokens, bytes) of a split; when --max_eval_samples cut it, the bytes are scaled to the rows kept."""
+    tokens = sum(1 for row in dataset["position_ids"] for p in row if p)
+    return tokens, stats[f"{split}_bytes"] * tokens / max(stats[f"{split}_scored_tokens"], 1)
+
+
+def stream_through(train):
+    """Read a streaming training set once (--prepare_data_only): its stats with train rows and tokens."""
+    rows = tokens = 0
+    for row in train:
+        rows, tokens = rows + 1, tokens + len(row["input_ids"])
+    return {**train.stats, "train_rows": rows, "train_tokens": tokens}
+
+
+def data_stats_line(stats, block_size, seconds):
+    """The one line --prepare_data_only prints: documents, tokens, rows, padding, time, tokens/s.
+
+    >>> print(data_stats_line({"read": 3, "kept": 3, "train_tokens": 300, "train_rows": 2}, 256, 2.0))
+    ... # doctest: +NORMALIZE_WHITESPACE
+    data: documents 3 read, 3 kept, none dropped, 0 NFC-normalized, 0 stripped of control characters; train
+    tokens 300, rows 2 of 256, padding 41.41%; 2.0 s, 150 tokens/s
+    """
+    tokens, rows = stats.get("train_tokens", 0), stats.get("train_rows", 0)
+    padding = 1 - tokens / (rows * block_size) if rows else 0.0
+    return (f"data: documents {describe_documents(stats)}; train tokens {tokens:,}, rows {rows:,} of {block_size}, "
+            f"padding {padding:.2%}; {seconds:.1f} s, {tokens / max(seconds, 1e-9):,.0f} tokens/s")

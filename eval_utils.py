@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from arguments import UserError
-from data_utils import IGNORE_INDEX, PackedCollator
+from arguments import DataArguments, UserError
+from data_utils import IGNORE_INDEX, PackedCollator, corpus_documents
 
 logger = logging.getLogger(__name__)
 
@@ -206,35 +206,34 @@ def greedy_completions(model, tokenizer, prompts, max_new_tokens=24):
     return out
 
 
-def read_texts(paths, text_column=None, skipped=None):
-    """The documents of evaluation files or folders (one path or a list), read and cleaned exactly as training
-    data is. skipped: None stops at the first bad record (a UserError naming file and line); a Counter skips
-    bad records and unreadable files and counts them, as --skip_bad_records does in training."""
-    from data_utils import clean_documents, list_data_files, read_documents
-
-    files = list_data_files([paths] if isinstance(paths, str) else paths)
-    documents = (doc for f in files for doc in read_documents(f, text_column, skipped=skipped))
-    return list(clean_documents(documents, Counter()))
+def read_texts(paths, rules=None, stats=None):
+    """The documents of evaluation files or folders (one path or a list) as training reads them:
+    data_utils.corpus_documents under rules, a DataArguments (--text_column, --min_doc_chars,
+    --skip_bad_records, ...; default: training's defaults). stats: the counts of reading and cleaning, the
+    bad records skipped among them."""
+    return list(corpus_documents([paths] if isinstance(paths, str) else paths, rules or DataArguments(), stats))
 
 
-def skipped_summary(skipped):
-    """'bad files: 1, bad records: 3' from read_texts' skipped counts.
+def skipped_summary(stats):
+    """'bad files: 1, bad records: 3' from read_texts' counts ('' when nothing was skipped).
 
-    >>> skipped_summary(Counter(skipped_bad_records=3, skipped_bad_files=1))
+    >>> skipped_summary(Counter(read=9, skipped_bad_records=3, skipped_bad_files=1))
     'bad files: 1, bad records: 3'
     """
-    return ", ".join(f"{key[len('skipped_'):].replace('_', ' ')}: {n}" for key, n in sorted(skipped.items()) if n)
+    return ", ".join(f"{key[len('skipped_'):].replace('_', ' ')}: {n}" for key, n in sorted(stats.items())
+                     if key.startswith("skipped_") and n)
 
 
-def read_eval_set(name, path, skip_bad_records=False):
-    """The documents of one --eval_files set; a missing or empty one is a UserError naming it."""
+def read_eval_set(name, path, rules=None):
+    """The documents of one --eval_files set, read by read_texts under rules; a missing or empty one is a
+    UserError naming it."""
     where = f"--eval_files {name}={path}"
     if not os.path.exists(path):
         raise UserError(f"{where}: no such file or directory")
-    skipped = Counter() if skip_bad_records else None
-    texts = read_texts(path, skipped=skipped)
-    if skipped:
-        logger.warning("%s: skipped %s (--skip_bad_records)", where, skipped_summary(skipped))
+    stats = Counter()
+    texts = read_texts(path, rules, stats)
+    if skipped := skipped_summary(stats):
+        logger.warning("%s: skipped %s (--skip_bad_records)", where, skipped)
     if not texts:
         raise UserError(f"{where}: no text in it")
     return texts
@@ -252,11 +251,12 @@ def read_probe_set(name, path):
     return probes
 
 
-def read_eval_inputs(eval_files=None, probe_files=None, skip_bad_records=False):
+def read_eval_inputs(eval_files=None, probe_files=None, rules=None):
     """({name: documents}, {name: probes}) read once from {name: path} maps, before any model loads: a bad file
-    stops the run at once, and several models are then scored on the same data. skip_bad_records: skip and
-    count the eval files' bad records instead (probes are always read whole)."""
-    texts = {name: read_eval_set(name, path, skip_bad_records) for name, path in (eval_files or {}).items()}
+    stops the run at once, and several models are then scored on the same data. rules: how the eval files'
+    documents are read and cleaned (read_texts; with skip_bad_records, bad records are skipped and counted);
+    probes are always read whole."""
+    texts = {name: read_eval_set(name, path, rules) for name, path in (eval_files or {}).items()}
     return texts, {name: read_probe_set(name, path) for name, path in (probe_files or {}).items()}
 
 

@@ -5,10 +5,11 @@
         --output_dir OUT
 
 Every --model_name_or_path is evaluated on its own and every --adapter on top of the first model (names from
-`name=path`, else the folder's name). For each eval set: bits per UTF-8 byte (every token of every document,
-in windows of the model's context or --block_size, as lm-eval's rolling log-likelihood), loss (nats/token) and
-perplexity; for each probe file: multiple-choice accuracy by log-likelihood. Writes report.json and report.md
-to --output_dir and prints the table.
+`name=path`, else the folder's name). For each eval set, its documents read and cleaned as pretrain.py reads
+training data: bits per UTF-8 byte (every token of every document, in windows of the model's context or
+--block_size, as lm-eval's rolling log-likelihood), loss (nats/token) and perplexity; for each probe file:
+multiple-choice accuracy by log-likelihood. Writes report.json and report.md to --output_dir and prints the
+table.
 """
 
 import argparse
@@ -19,7 +20,7 @@ import sys
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from arguments import UserError, named_paths, run_script, split_list
+from arguments import DataArguments, UserError, named_paths, run_script, split_list
 from eval_utils import evaluate_model, flat_figures, read_eval_inputs
 from model_utils import adapter_model, checked_adapter, drop_gguf_marker, named_load_errors
 
@@ -75,13 +76,19 @@ def parse(argv):
     parser.add_argument("--adapter", nargs="*", default=[], metavar="[NAME=]PATH",
                         help="LoRA adapter folders, each evaluated on top of the first model.")
     parser.add_argument("--eval_files", default="", help="name=path,... of held-out text (any format pretrain.py "
-                        "reads): bits per byte, loss and perplexity of each.")
+                        "reads, read and cleaned as it does: --text_column, --min_doc_chars, exact duplicates "
+                        "dropped): bits per byte, loss and perplexity of each.")
     parser.add_argument("--probes", default="", help="name=path,... of JSONL knowledge probes (prompt, answer, "
                         "distractors): accuracy by log-likelihood.")
     parser.add_argument("--skip_bad_records", action="store_true",
                         help="Skip and count bad records of --eval_files (a broken JSONL line, a document that is not "
                         "UTF-8, an unreadable .json/.csv file), as pretrain.py does with it, instead of stopping at "
                         "the first one with its file and line. Probes are always read whole.")
+    parser.add_argument("--text_column", help="Field holding the text in .jsonl/.json/.csv/.parquet --eval_files, "
+                        "as pretrain.py's --text_column. Default: 'text', then 'content', then the only string field.")
+    parser.add_argument("--min_doc_chars", type=int, default=DataArguments.min_doc_chars,
+                        help="Drop --eval_files documents shorter than this many characters after cleaning, as "
+                        "pretrain.py does with the same flag; 1: drop only empty ones.")
     parser.add_argument("--prompts", nargs="*", default=[], help="Prompts to complete greedily, shown side by side.")
     parser.add_argument("--output_dir", required=True, help="Where report.json and report.md are written.")
     parser.add_argument("--block_size", type=int, help="Tokens the model reads a window. Default: its context, "
@@ -102,7 +109,9 @@ def main(argv=None):
     probe_files = named_paths(split_list(args.probes), "--probes")
     if not eval_files and not probe_files:
         raise UserError("nothing to evaluate: give --eval_files name=path,... and/or --probes name=path,...")
-    texts, probes = read_eval_inputs(eval_files, probe_files, args.skip_bad_records)
+    rules = DataArguments(text_column=args.text_column, min_doc_chars=args.min_doc_chars,
+                          skip_bad_records=args.skip_bad_records)
+    texts, probes = read_eval_inputs(eval_files, probe_files, rules)
     models = named_paths(args.model_name_or_path, "--model_name_or_path", folder_name)
     base = next(iter(models.values()))
     adapters = named_paths(args.adapter, "--adapter", folder_name)

@@ -3,11 +3,13 @@ changed: tokens per byte before and after, and decode(encode(x)) == x, on held-o
 
     python extend_tokenizer.py --tokenizer_name_or_path BASE --train_files vi.jsonl --num_new_tokens 8000 \\
         --output_dir OUT [--eval_files en=en.txt] [--pad_to_multiple_of 64] [--add_words words.txt] \\
-        [--skip_bad_records] [--overwrite_output_dir]
+        [--skip_bad_records] [--min_doc_chars 10] [--overwrite_output_dir]
 
 Works for byte-level BPE tokenizer.json tokenizers (GPT-2, SmolLM2, Llama-3, Qwen) and SentencePiece
 tokenizer.model ones (Llama-2, Mistral). OUT loads with AutoTokenizer.from_pretrained; give it to pretrain.py
 as --tokenizer_name_or_path with the base model as --model_name_or_path, and the embeddings grow to match.
+The documents of --train_files and --eval_files are read and cleaned as pretrain.py reads training data (the
+same reader, --text_column, --min_doc_chars, exact duplicates dropped) and held out by the same rule.
 OUT appears only once complete; an existing non-empty OUT is refused unless --overwrite_output_dir, which replaces
 only the files written here.
 """
@@ -19,7 +21,7 @@ import sys
 from collections import Counter
 
 import eval_utils
-from arguments import UserError, run_script, split_list
+from arguments import DataArguments, UserError, run_script, split_list
 from data_utils import split_documents
 from output_utils import check_output_dir, staged_output_dir
 
@@ -42,6 +44,9 @@ def parse_args(argv):
                         help="Skip and count bad records of --train_files and --eval_files (a broken JSONL line, a "
                         "document that is not UTF-8, an unreadable .json/.csv file), as pretrain.py does with it, "
                         "instead of stopping at the first one with its file and line.")
+    parser.add_argument("--min_doc_chars", type=int, default=DataArguments.min_doc_chars,
+                        help="Drop documents shorter than this many characters after cleaning, as pretrain.py does "
+                        "with the same flag; 1: drop only empty ones.")
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--num_new_tokens", type=int, help="How many tokens to learn on --train_files.")
     size.add_argument("--target_vocab_size", type=int, help="Learn tokens until the tokenizer has this many.")
@@ -60,7 +65,7 @@ def parse_args(argv):
                         "pretrain.py does) for the report and not learned from; 0: report on --eval_files only.")
     parser.add_argument("--eval_files", help="More held-out sets for the report, e.g. en=en.txt,ko=ko.jsonl.")
     args = parser.parse_args(argv)
-    for flag in ("num_new_tokens", "target_vocab_size", "pad_to_multiple_of"):
+    for flag in ("num_new_tokens", "target_vocab_size", "pad_to_multiple_of", "min_doc_chars"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise UserError(f"--{flag} {value}: must be at least 1")
@@ -72,12 +77,13 @@ def parse_args(argv):
     return args
 
 
-def read_texts(paths, text_column, skipped):
-    """Cleaned documents of the --train_files files or folders, as pretrain.py reads them."""
+def read_texts(paths, rules, stats):
+    """Cleaned documents of the --train_files files or folders, as pretrain.py reads them (eval_utils.read_texts
+    under rules, a DataArguments); stats: the counts of reading and cleaning."""
     for path in paths:
         if not os.path.exists(path):
             raise UserError(f"--train_files {path}: no such file or directory")
-    texts = eval_utils.read_texts(paths, text_column, skipped)
+    texts = eval_utils.read_texts(paths, rules, stats)
     if not texts:
         raise UserError(f"--train_files {' '.join(paths)}: no documents with text")
     return texts
@@ -94,14 +100,28 @@ def eval_file_paths(spec):
     return paths
 
 
-def named_eval_texts(spec, held_out, text_column, skipped):
+def named_eval_texts(spec, held_out, rules, stats):
     """{name: documents}: the held-out part of --train_files ('train_held_out') and each --eval_files set."""
     sets = {"train_held_out": held_out} if held_out else {}
     for name, path in eval_file_paths(spec).items():
-        sets[name] = eval_utils.read_texts(path, text_column, skipped)
+        sets[name] = eval_utils.read_texts(path, rules, stats)
         if not sets[name]:
             raise UserError(f"--eval_files {name}={path}: no documents with text")
     return sets
+
+
+def corpus_sets(args):
+    """(the --train_files documents learned from, {name: documents} of the report): the documents read as
+    pretrain.py reads them under the flags' rules, --validation_split_percentage of them held out as
+    pretrain.py holds them out; what --skip_bad_records skipped is printed."""
+    rules = DataArguments(text_column=args.text_column, min_doc_chars=args.min_doc_chars,
+                          skip_bad_records=args.skip_bad_records)
+    stats = Counter()
+    train, held_out = split_documents(read_texts(args.train_files, rules, stats), args.validation_split_percentage)
+    eval_sets = named_eval_texts(args.eval_files, held_out, rules, stats)
+    if skipped := eval_utils.skipped_summary(stats):
+        print(f"skipped (--skip_bad_records): {skipped}", file=sys.stderr)
+    return train, eval_sets
 
 
 def read_words(path):
@@ -130,12 +150,7 @@ def main(argv=None):
     check_output_dir(args.output_dir, args.overwrite_output_dir, output_inputs(args))
     tokenizer_family(args.tokenizer_name_or_path)  # fail before reading any corpus
     words = read_words(args.add_words) if args.add_words else []
-    skipped = Counter() if args.skip_bad_records else None
-    train, held_out = split_documents(read_texts(args.train_files, args.text_column, skipped),
-                                      args.validation_split_percentage)
-    eval_sets = named_eval_texts(args.eval_files, held_out, args.text_column, skipped)
-    if skipped:
-        print(f"skipped (--skip_bad_records): {eval_utils.skipped_summary(skipped)}", file=sys.stderr)
+    train, eval_sets = corpus_sets(args)
     if args.add_missing_chars:
         words += missing_characters(AutoTokenizer.from_pretrained(args.tokenizer_name_or_path), train)
     plan = {"num_new_tokens": args.num_new_tokens, "target_vocab_size": args.target_vocab_size,

@@ -1,58 +1,96 @@
 """The plan of a run without running it (`pretrain.py --dry_run`): data size, steps, trainable parameters and
 the memory a GPU needs for the model states under the chosen ZeRO stage, from DeepSpeed's own estimators.
 
-Reading the data checks it (every file is read, so a bad file stops the dry run as it would stop training);
-only a sample of the documents is tokenized, so a dry run of a large corpus takes seconds, not hours.
+The data is counted as training makes it: the documents training keeps (data_utils.corpus_pairs: the same
+reading, cleaning, dedupe and --skip_bad_records), each source split as training splits it (held_out), packed
+into rows per source and, with --mix/--phases, mixed in training's order (mixed_order). Reading the data
+checks it (every file is read, so a bad file stops the dry run as it would stop training); only a sample of
+the documents is tokenized, so a dry run of a large corpus takes seconds, not hours.
 """
 
-import itertools
+import array
 import math
 import os
 from collections import Counter
 
+import numpy as np
 import torch
 from transformers import AutoModelForCausalLM
 from transformers.modeling_utils import set_zero3_state
 
 from arguments import UserError
-from data_utils import clean_documents, list_data_files, read_documents, tokenize_documents
+from data_utils import corpus_pairs, held_out, mixed_order, phase_weights, tokenize_documents, utf8_length
 
 SAMPLE_DOCUMENTS = 2000
 DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
 
 
-def corpus_size(data_args, tokenizer, sample=None):
-    """{documents, bytes, tokens, exact}: every document is read and counted; the first `sample` are
-    tokenized and the tokens of the rest estimated from their bytes at the sample's tokens per byte."""
-    if not data_args.training_paths:
-        raise UserError("--dry_run counts files given by --dataset_dir or --train_file(s); --dataset_name is not "
-                        "counted")
-    texts = (d for path in list_data_files(data_args.training_paths)
-             for d in read_documents(path, data_args.text_column, data_args.keep_linebreaks))
-    documents = clean_documents(texts, Counter())
-    sampled = list(itertools.islice(documents, sample or SAMPLE_DOCUMENTS))
+def corpus_size(data_args, tokenizer, sample=None, paths=None):
+    """{documents, bytes, tokens, train_tokens, exact} of the training files (or paths: one source of a mix):
+    every document training keeps is read and counted; the first `sample` are tokenized and the tokens of the
+    rest estimated from their bytes at the sample's tokens per byte. train_tokens: those of the documents the
+    held-out split leaves for training."""
+    paths = paths or data_args.training_paths
+    if not paths:
+        raise UserError("--dry_run counts files given by --dataset_dir, --train_file(s) or --mix/--phases; "
+                        "--dataset_name is not counted")
+    digests, sizes, sampled = array.array("Q"), array.array("q"), []
+    for text, digest in corpus_pairs(paths, data_args, Counter()):
+        digests.append(digest)
+        sizes.append(utf8_length(text))
+        if len(sampled) < (sample or SAMPLE_DOCUMENTS):
+            sampled.append(text)
     if not sampled:
-        raise UserError("no training documents with text in " + ", ".join(data_args.training_paths))
+        raise UserError("no training documents with text in " + ", ".join(paths))
+    tokens = document_tokens(sampled, np.array(sizes, dtype=np.float64), tokenizer)
+    held = held_out(digests, 0 if data_args.validation_file else data_args.validation_split_percentage)
+    return {"documents": len(sizes), "bytes": int(sum(sizes)), "tokens": round(tokens.sum()),
+            "train_tokens": round(tokens[~held].sum()), "exact": len(sampled) == len(sizes)}
+
+
+def document_tokens(sampled, sizes, tokenizer):
+    """Tokens of each document: counted for the sampled first ones, estimated for the others from their bytes
+    (sizes) at the sample's tokens per byte, plus the sample's special tokens (BOS, EOS) a document."""
     token_lists = tokenize_documents(sampled, tokenizer)
-    tokens = sum(len(ids) for ids in token_lists)
-    special = sum(1 for ids in token_lists for t in ids if t in set(tokenizer.all_special_ids))  # BOS, EOS
-    sample_bytes = sum(len(t.encode()) for t in sampled)
-    rest = Counter()
-    for text in documents:
-        rest["documents"] += 1
-        rest["bytes"] += len(text.encode())
-    estimate = rest["documents"] * special / len(sampled) + rest["bytes"] * (tokens - special) / sample_bytes
-    return {"documents": len(sampled) + rest["documents"], "bytes": sample_bytes + rest["bytes"],
-            "tokens": tokens + round(estimate), "exact": not rest["documents"]}
+    counts = np.array([len(ids) for ids in token_lists], dtype=np.float64)
+    specials = set(tokenizer.all_special_ids)
+    special = sum(1 for ids in token_lists for t in ids if t in specials)
+    per_byte = (counts.sum() - special) / sizes[:len(sampled)].sum()
+    return np.concatenate([counts, special / len(sampled) + sizes[len(sampled):] * per_byte])
 
 
-def training_steps(train_tokens, block_size, training_args, world_size):
-    """(optimizer steps, rows a step): packing drops no token, so rows = ceil(tokens / block_size)."""
+def packed_row_lengths(tokens, block_size):
+    """Tokens of each row that packing one source's tokens makes: full rows, then the rest in a shorter one.
+
+    >>> packed_row_lengths(10, 4)
+    [4, 4, 2]
+    """
+    return [block_size] * (tokens // block_size) + ([tokens % block_size] if tokens % block_size else [])
+
+
+def planned_data(data_args, tokenizer, block_size, seed):
+    """(corpus: corpus_size's totals over every source, training rows, training tokens): each source counted
+    and packed alone, then mixed in the order training takes with --mix/--phases, and cut to
+    --max_train_samples, as training does."""
+    sources = data_args.mix_sources or {"train": data_args.training_paths}
+    sizes = {name: corpus_size(data_args, tokenizer, paths=paths) for name, paths in sources.items()}
+    rows = {name: packed_row_lengths(size["train_tokens"], block_size) for name, size in sizes.items()}
+    if data_args.curriculum:
+        order = mixed_order(rows, [phase_weights(p) for p in data_args.curriculum], data_args.mix_exhausted, seed)
+        trained = [rows[name][i] for name, i in order]
+    else:
+        trained = rows["train"]
+    trained = trained[:data_args.max_train_samples] if data_args.max_train_samples else trained
+    corpus = {key: sum(size[key] for size in sizes.values()) for key in ("documents", "bytes", "tokens")}
+    return {**corpus, "exact": all(size["exact"] for size in sizes.values())}, len(trained), sum(trained)
+
+
+def training_steps(train_rows, training_args, world_size):
+    """(optimizer steps, rows a step)."""
     per_step = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * world_size
     if training_args.max_steps > 0:
         return training_args.max_steps, per_step
-    rows = math.ceil(train_tokens / block_size)
-    return math.ceil(training_args.num_train_epochs * math.ceil(rows / per_step)), per_step
+    return math.ceil(training_args.num_train_epochs * math.ceil(train_rows / per_step)), per_step
 
 
 def parameter_counts(config, training_args, tokenizer_size):
@@ -120,18 +158,18 @@ def frozen_bytes(model_args, config):
 def plan_lines(model_args, data_args, training_args, config, tokenizer, block_size):
     """The dry run's report, one fact a line."""
     per_node, nodes = world_layout()
-    corpus = corpus_size(data_args, tokenizer)
-    held = 0 if data_args.validation_file else data_args.validation_split_percentage / 100
-    train_tokens = round(corpus["tokens"] * (1 - held))
-    steps, rows = training_steps(train_tokens, block_size, training_args, per_node * nodes)
+    corpus, train_rows, train_tokens = planned_data(data_args, tokenizer, block_size, training_args.seed)
+    steps, rows = training_steps(train_rows, training_args, per_node * nodes)
     counts = parameter_counts(config, training_args, len(tokenizer))
     stage, memory = gpu_memory(counts, frozen_bytes(model_args, config), training_args, per_node, nodes)
     how = "counted" if corpus["exact"] else f"tokens estimated from the first {SAMPLE_DOCUMENTS:,} documents"
     engine = f"DeepSpeed ZeRO-{stage}" if stage else "DDP (no sharding)"
+    mixed = " and the mix" if data_args.curriculum else ""
     return [
         "Dry run: flags and data checked, nothing trained.",
         f"data: {corpus['documents']:,} documents, {corpus['bytes']:,} bytes, {corpus['tokens']:,} tokens ({how})",
-        f"training: about {train_tokens:,} tokens after the validation split, in rows of {block_size} tokens",
+        f"training: {'' if corpus['exact'] else 'about '}{train_tokens:,} tokens after the validation split{mixed}, "
+        f"in {train_rows:,} rows of {block_size} tokens",
         f"batch: {rows:,} rows a step ({training_args.per_device_train_batch_size} a device x "
         f"{training_args.gradient_accumulation_steps} accumulation x {per_node * nodes} processes), "
         f"{rows * block_size:,} tokens",

@@ -22,6 +22,25 @@ TRAINING_TEXT = [
 ] * 20
 
 
+def pack_documents(token_lists, block_size):
+    """The tests' reference packer, in plain lists and written apart from data_utils' one (pack_token_array):
+    documents end to end, cut every block_size tokens, nothing dropped; position_ids restart at 0 where a
+    document starts and at the start of every row; only the last row may be shorter."""
+    rows, ids, pos = {"input_ids": [], "position_ids": []}, [], []
+    for doc in token_lists:
+        for at, token in enumerate(doc):
+            if len(ids) == block_size:
+                rows["input_ids"].append(ids)
+                rows["position_ids"].append(pos)
+                ids, pos = [], []
+            pos.append(0 if at == 0 or not ids else pos[-1] + 1)
+            ids.append(token)
+    if ids:
+        rows["input_ids"].append(ids)
+        rows["position_ids"].append(pos)
+    return rows
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer_dir(tmp_path_factory):
     """A byte-level BPE tokenizer.json (GPT-2/SmolLM2 family) with <s> and </s>, trained on a few lines."""

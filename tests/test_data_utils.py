@@ -11,17 +11,12 @@ import torch
 
 import data_utils
 from arguments import DataArguments, UserError
-from data_utils import (PackedCollator, clean_documents, clean_text, labels_for_row, list_data_files, pack_documents,
-                        prepare_datasets, read_documents, split_documents, split_text_documents, tokenize_documents)
+from conftest import pack_documents
+from data_utils import (PackedCollator, clean_documents, clean_text, labels_for_row, list_data_files, prepare_datasets,
+                        read_documents, split_documents, split_text_documents, tokenize_documents)
 
 
 # --- packing -----------------------------------------------------------------------------------------------
-
-def test_pack_docstring_example():
-    assert pack_documents([[1, 2, 3], [4, 5], [6, 7, 8, 9, 10]], block_size=4) == {
-        "input_ids": [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10]],
-        "position_ids": [[0, 1, 2, 0], [0, 0, 1, 2], [0, 1]]}
-
 
 @pytest.mark.parametrize("docs, block, expected_ids, expected_pos", [
     ([], 4, [], []),                                                   # nothing in, nothing out
@@ -32,14 +27,17 @@ def test_pack_docstring_example():
     ([[1], [2], [3], [4], [5]], 2, [[1, 2], [3, 4], [5]], [[0, 0], [0, 0], [0]]),  # many short documents
 ])
 def test_pack_edge_cases(docs, block, expected_ids, expected_pos):
-    assert pack_documents(docs, block) == {"input_ids": expected_ids, "position_ids": expected_pos}
+    """The packer and the tests' reference on literal cases."""
+    expected = {"input_ids": expected_ids, "position_ids": expected_pos}
+    assert pack_documents(docs, block) == expected
+    values = np.array(sum(docs, []), dtype=np.int32)
+    offsets, positions = data_utils.pack_token_array(values, np.array([len(d) for d in docs], dtype=np.int32), block)
+    rows = list(zip(offsets[:-1].tolist(), offsets[1:].tolist()))
+    assert {"input_ids": [values[a:b].tolist() for a, b in rows],
+            "position_ids": [positions[a:b].tolist() for a, b in rows]} == expected
 
 
-def test_pack_token_array_docstring_example_and_equals_pack_documents():
-    import numpy as np
-
-    offsets, positions = data_utils.pack_token_array(np.array([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]), np.array([3, 2, 5]), 4)
-    assert offsets.tolist() == [0, 4, 8, 10] and positions.tolist() == [0, 1, 2, 0, 0, 0, 1, 2, 0, 1]
+def test_pack_token_array_equals_the_reference_packer():
     docs = [[i] * n for i, n in enumerate([1, 5, 2, 9, 3, 4, 17, 1], start=1)]
     for block in (1, 3, 5, 8, 64):
         offsets, positions = data_utils.pack_token_array(np.array(sum(docs, [])), np.array([len(d) for d in docs]), block)
@@ -54,29 +52,21 @@ def test_pack_keeps_every_token_once():
     assert all(len(r) == 5 for r in rows["input_ids"][:-1])
 
 
-def test_labels_for_row():
-    assert labels_for_row([5, 6, 7, 8], [0, 1, 0, 1]) == [-100, 6, -100, 8]
-
-
-def test_collator_docstring_example():
+def test_collator_passes_no_attention_mask():
     batch = PackedCollator(pad_token_id=0)([{"input_ids": [5, 6, 7], "position_ids": [0, 0, 1]},
                                             {"input_ids": [8], "position_ids": [0]}])
-    assert {k: v.tolist() for k, v in batch.items()} == {
-        "input_ids": [[5, 6, 7], [8, 0, 0]], "position_ids": [[0, 0, 1], [0, 0, 1]],
-        "labels": [[-100, -100, 7], [-100, -100, -100]]}
     assert "attention_mask" not in batch  # a mask would stop transformers building the document mask
+    assert batch["labels"].tolist() == [labels_for_row([5, 6, 7], [0, 0, 1]), [-100, -100, -100]]
 
 
 # --- reading and cleaning ------------------------------------------------------------------------------------
 
 def test_split_text_documents():
-    assert split_text_documents("a\nb\n\n\nc\n", keep_linebreaks=False) == ["a b", "c"]
     assert split_text_documents("a\r\nb\r\n \r\nc", keep_linebreaks=True) == ["a\nb", "c"]
     assert split_text_documents("\n\n") == []
 
 
-def test_clean_text_nfc_and_controls():
-    assert clean_text(" Vie\u0302\u0323t\x00 \r\n") == "Vi\u1ec7t"
+def test_clean_text_controls():
     assert clean_text("a\tb\x1bc\r\nd") == "a\tbc\nd"
 
 
@@ -154,8 +144,7 @@ def test_split_is_by_document_hash_not_order():
     assert 5 <= len(valid) <= 40 and set(train).isdisjoint(valid) and len(train) + len(valid) == 200
 
 
-def test_split_tiny_percentage_holds_out_one():
-    assert split_documents(["a", "b", "c", "d"], 0.001) == (["a", "b", "d"], ["c"])
+def test_split_none_or_one_document_holds_out_none():
     assert split_documents(["a", "b"], 0) == (["a", "b"], [])
     assert split_documents(["only"], 50) == (["only"], [])
 
@@ -330,8 +319,7 @@ def test_streaming_split_and_workers_keep_every_token_once(corpus_dir, tmp_path,
     args = data_args(corpus_dir, tmp_path / "cache", validation_split_percentage=30)
     train, validation = data_utils.streaming_datasets(args, tiny_tokenizer, block_size=8)
     docs = list(clean_documents((d for f in list_data_files([corpus_dir]) for d in read_documents(f)), Counter()))
-    held = [d for d in docs if data_utils.document_hash_fraction(d) < 0.3]
-    kept = [d for d in docs if d not in held]
+    kept, held = split_documents(docs, 30)
     assert held and kept
     assert sum((r["input_ids"] for r in validation), []) == sum(tokenize_documents(held, tiny_tokenizer), [])
     loader = torch.utils.data.DataLoader(train, batch_size=None, num_workers=2, collate_fn=lambda row: row)
@@ -341,11 +329,8 @@ def test_streaming_split_and_workers_keep_every_token_once(corpus_dir, tmp_path,
 
 # --- cleaning at scale ---------------------------------------------------------------------------------------
 
-def test_clean_docstring_example_counts_each_reason():
+def test_control_characters_are_counted():
     stats = Counter()
-    assert list(clean_documents(["Việt", "", "ok", "Vie\u0302\u0323t"], stats, min_chars=3)) == ["Việt"]
-    assert stats == {"read": 4, "kept": 1, "dropped_empty": 1, "dropped_short": 1, "dropped_duplicate": 1,
-                     "normalized_nfc": 1, "removed_control_chars": 0}
     list(clean_documents(["a\x00b\r\n", "plain\r\ntext"], stats))
     assert stats["removed_control_chars"] == 1  # the NUL; a Windows line end is not a control character here
 
@@ -429,29 +414,36 @@ def test_skip_bad_records_skips_and_counts_instead_of_stopping(tmp_path, tiny_to
 
 # --- mixing, curriculum, resumable streams --------------------------------------------------------------------
 
-def test_packing_resumes_at_any_row_boundary_with_the_same_rows():
+def batches_of(docs, sizes):
+    """(tokens end to end, lengths) of docs, in batches of the given numbers of documents."""
+    starts = np.cumsum([0] + sizes).tolist()
+    return [(np.array(sum(docs[a:b], []), dtype=np.int32), np.array([len(d) for d in docs[a:b]], dtype=np.int32))
+            for a, b in zip(starts, starts[1:])]
+
+
+@pytest.mark.parametrize("sizes", [[4], [1, 1, 1, 1], [2, 1, 1], [3, 1]])
+def test_packing_resumes_at_any_row_boundary_with_the_same_rows(sizes):
+    """The stream's rows, however its documents are batched, are the reference packer's; from where each row
+    says the next starts (the first document's tokens before it skipped), the rest are packed again the same."""
     docs = [[1, 2, 3], [4], [5, 6, 7, 8, 9], [10, 11]]
-    assert list(data_utils.iter_packed_rows_at([[1, 2, 3], [4]], 2)) == [
-        ({"input_ids": [1, 2], "position_ids": [0, 1]}, (0, 2)), ({"input_ids": [3, 4], "position_ids": [0, 0]}, (2, 0))]
-    rows = list(data_utils.iter_packed_rows_at(docs, 3))
+    rows = list(data_utils.packed_rows_at(batches_of(docs, sizes), 3))
+    assert {"input_ids": [r["input_ids"] for r, _ in rows],
+            "position_ids": [r["position_ids"] for r, _ in rows]} == pack_documents(docs, 3)
     for k, (_, (done, into)) in enumerate(rows):
-        rest = [docs[done][into:]] + docs[done + 1:] if done < len(docs) else []
-        assert [r for r, _ in data_utils.iter_packed_rows_at(rest, 3)] == [r for r, _ in rows[k + 1:]]
+        rest = docs[done:]
+        resumed = data_utils.packed_rows_at(batches_of(rest, [len(rest)]) if rest else [], 3, skip=into)
+        assert [r for r, _ in resumed] == [r for r, _ in rows[k + 1:]]
 
 
-def test_mix_docstring_examples():
+def test_mix_cycles_or_stops_and_phases_continue():
     rows = {"a": [[1, 1], [2, 2], [3, 3]], "b": [[9, 9]]}
 
     def opener(name, n, at):
         return ((r, i + 1) for i, r in enumerate(rows[name]) if i >= (at or 0))
 
-    assert list(data_utils.mix_rows(opener, {"a": 0.75, "b": 0.25}, "stop")) == [
-        ("a", [1, 1]), ("b", [9, 9]), ("a", [2, 2]), ("a", [3, 3])]
     # cycle: b starts again until a has been read through too
     assert [n for n, _ in data_utils.mix_rows(opener, {"a": 0.5, "b": 0.5}, "cycle")] == ["a", "b"] * 3
     assert [n for n, _ in data_utils.mix_rows(opener, {"a": 0.5, "b": 0.5}, "stop")] == ["a", "b", "a"]
-    assert data_utils.mixed_order({"a": [4, 4, 4], "b": [4]}, [({"a": 3, "b": 1}, None, 1)], "stop", seed=0) == [
-        ("a", 2), ("b", 0), ("a", 0), ("a", 1)]
     # a source in two phases continues in the second where it stopped in the first: no row again
     phased = data_utils.mixed_order({"a": [4] * 4, "b": [4] * 2}, [({"a": 1}, 8, 1), ({"a": 1, "b": 1}, 8, 1)],
                                     "cycle", seed=0)
@@ -542,8 +534,8 @@ def test_streaming_mix_shares_and_resume_at_the_next_unseen_row(tmp_path, tiny_t
     resumed, _ = data_utils.streaming_datasets(args, tiny_tokenizer, block_size=64)
     resumed.resume_state = state
     tokenized = []
-    real_tokenize = data_utils.tokenize_documents
-    monkeypatch.setattr(data_utils, "tokenize_documents", lambda b, t: tokenized.extend(b) or real_tokenize(b, t))
+    real_encode = data_utils.encode_documents
+    monkeypatch.setattr(data_utils, "encode_documents", lambda b, t: tokenized.extend(b) or real_encode(b, t))
     assert list(resumed) == rows[120:]  # the rows of an uninterrupted run, from the next unseen one
     assert resumed.taken == 300 and state["taken"] == 120
     all_docs = sum(1 for _ in train.documents("vi")) + sum(1 for _ in train.documents("general"))

@@ -21,7 +21,7 @@ import evaluate_lm
 import extend_tokenizer
 import merge_lora
 import vocab_utils
-from arguments import UserError
+from arguments import DataArguments, UserError
 from conftest import ROOT
 from test_vocab_utils import VIETNAMESE, write_corpus
 
@@ -403,7 +403,7 @@ def test_evaluate_lm_accepts_skip_bad_records_as_its_message_says(tmp_path, monk
     refused(evaluate_lm.main, argv, "or pass --skip_bad_records$")
     with pytest.raises(ModelLoading):
         evaluate_lm.main([*argv, "--skip_bad_records"])
-    texts, _ = eval_utils.read_eval_inputs({"domain": str(path)}, skip_bad_records=True)
+    texts, _ = eval_utils.read_eval_inputs({"domain": str(path)}, rules=DataArguments(skip_bad_records=True))
     assert texts == {"domain": ["A first document, long enough to keep."]}
     summary = eval_utils.skipped_summary(Counter(skipped_bad_records=3, skipped_bad_files=1))
     assert summary == "bad files: 1, bad records: 3"

@@ -130,9 +130,9 @@ def test_overwrite_cache_rebuilds_once_not_once_a_process(tiny_model_dir, data_d
     tokenizer = pretrain.load_tokenizer(model_args)
     built, real = [], data_utils.write_cache
     monkeypatch.setattr(data_utils, "write_cache", lambda *a: built.append(1) or real(*a))
-    pretrain.build_datasets(data_args, training_args, tokenizer, 32)  # the process that prepares
+    data_utils.training_datasets(data_args, training_args, tokenizer, 32)  # the process that prepares
     monkeypatch.setattr(PretrainTrainingArguments, "local_process_index", property(lambda self: 1))
-    pretrain.build_datasets(data_args, training_args, tokenizer, 32)  # another one: reads that cache
+    data_utils.training_datasets(data_args, training_args, tokenizer, 32)  # another one: reads that cache
     assert built == [1]
 
 

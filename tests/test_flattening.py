@@ -8,7 +8,8 @@ import model_utils
 import pretrain
 import trainer_utils
 from arguments import parse_args
-from data_utils import FlattenedCollator, PackedCollator, pack_documents, split_row_documents, tokenize_documents
+from conftest import pack_documents
+from data_utils import FlattenedCollator, PackedCollator, split_row_documents, tokenize_documents
 
 
 def test_split_row_documents_cuts_where_positions_restart():

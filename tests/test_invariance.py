@@ -17,7 +17,8 @@ from transformers import TrainerCallback
 import model_utils
 import pretrain
 from arguments import UserError, parse_args
-from data_utils import PackedCollator, pack_documents, split_row_documents
+from conftest import pack_documents
+from data_utils import PackedCollator, split_row_documents
 from trainer_utils import PretrainTrainer
 
 BLOCK_SIZE = 32

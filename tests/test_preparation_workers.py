@@ -8,6 +8,7 @@ import pytest
 
 import data_utils
 from arguments import DataArguments, UserError
+from conftest import pack_documents
 
 
 def document(i, words=12):
@@ -110,6 +111,6 @@ def test_the_split_rows_equal_split_documents_packed_whatever_the_shards(tmp_pat
             assert len(data_utils.read_clean_documents(args.training_paths, args, Counter(), pool)) > 4
         rows, stats = data_utils.prepare_datasets(args, tiny_tokenizer, block_size=7)
         for name, docs in (("train", train), ("validation", validation)):
-            assert rows[name]["input_ids"] == data_utils.pack_documents(
+            assert rows[name]["input_ids"] == pack_documents(
                 data_utils.tokenize_documents(docs, tiny_tokenizer), 7)["input_ids"]
             assert stats[f"{name}_documents"] == len(docs) > 0

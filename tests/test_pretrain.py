@@ -18,8 +18,8 @@ import model_utils
 import pretrain
 import trainer_utils
 from arguments import UserError, parse_args
-from conftest import ROOT
-from data_utils import PackedCollator, pack_documents, tokenize_documents
+from conftest import ROOT, pack_documents
+from data_utils import PackedCollator, tokenize_documents
 
 
 def run(model_dir, data_dir, out, *extra):

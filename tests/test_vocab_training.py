@@ -10,6 +10,7 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+import data_utils
 import extend_tokenizer
 import merge_lora
 import model_utils
@@ -133,7 +134,7 @@ def test_stage_one_trains_only_the_new_rows(tiny_model_dir, extended_dir, data_d
         "--per_device_train_batch_size", "2"])
     config, tokenizer = model_utils.load_config(model_args), model_utils.load_tokenizer(model_args)
     base_tokenizer = model_utils.check_vocabulary(model_args, config, tokenizer, training_args)
-    train, _, _, _ = pretrain.build_datasets(data_args, training_args, tokenizer, 32)
+    train, _, _, _ = data_utils.training_datasets(data_args, training_args, tokenizer, 32)
     num_old = config.vocab_size
     model = model_utils.load_model(model_args, config, tokenizer, base_tokenizer)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
