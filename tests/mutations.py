@@ -63,6 +63,21 @@ MUTATIONS = [
              "        if self.output_dir and not self.dry_run:",
              "        check_hardware(ModelArguments(), self)\n        if self.output_dir and not self.dry_run:",
              ("tests/test_arguments.py", "-k", "gpu_settings")),
+    Mutation("UTF-8 bytes counted as characters", "data_utils.py", "    if text.isascii():\n        return len(text)",
+             "    if True:\n        return len(text)", ("tests/test_bits_per_byte.py",)),
+    Mutation("a document's first token is scored", "data_utils.py",
+             "    return [IGNORE_INDEX if p == 0 else t for t, p in zip(input_ids, position_ids)]",
+             "    return [IGNORE_INDEX if i == 0 else t for i, t in enumerate(input_ids)]",
+             ("tests/test_data_utils.py", "tests/test_invariance.py")),
+    Mutation("the packer drops the short last row", "data_utils.py",
+             "    return np.append(np.arange(0, n, block_size), n) if n else",
+             "    return np.arange(0, full + 1, block_size) if n else", ("tests/test_data_utils.py",)),
+    Mutation("--text_column left out of the cache key", "data_utils.py",
+             'for k in ("text_column", "keep_linebreaks", "validation_split_percentage",',
+             'for k in ("keep_linebreaks", "validation_split_percentage",', ("tests/test_cache_key.py",)),
+    Mutation("the data code left out of the cache key", "data_utils.py",
+             "json.dumps([PREPARED_FORMAT_VERSION, code_version(), options]",
+             "json.dumps([PREPARED_FORMAT_VERSION, options]", ("tests/test_one_path.py", "-k", "code")),
 ]
 
 
