@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 MODEL := .cache/smollm2
 
-.PHONY: demo test test-fast setup model clean
+.PHONY: demo test test-fast mutations setup model clean
 
 setup: $(VENV)/.installed
 
@@ -35,6 +35,10 @@ test: setup $(VENV)/.deepspeed_ops
 
 test-fast: setup $(VENV)/.deepspeed_ops
 	$(PY) -m pytest -m "not slow"
+
+# Break the product on purpose, one way at a time, in a copy of the repository: each breakage must fail its tests.
+mutations: setup $(VENV)/.deepspeed_ops
+	$(PY) tests/mutations.py
 
 clean:
 	rm -rf outputs .cache
