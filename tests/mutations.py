@@ -78,6 +78,10 @@ MUTATIONS = [
     Mutation("the data code left out of the cache key", "data_utils.py",
              "json.dumps([PREPARED_FORMAT_VERSION, code_version(), options]",
              "json.dumps([PREPARED_FORMAT_VERSION, options]", ("tests/test_one_path.py", "-k", "code")),
+    Mutation("the held-out documents depend on more than their content", "data_utils.py",
+             "    fractions = np.fromiter(digests, dtype=np.uint64).astype(np.float64) / 2**64\n",
+             "    fractions = np.fromiter(digests, dtype=np.uint64).astype(np.float64) / 2**64\n"
+             "    fractions = (fractions + __import__('random').random()) % 1\n", ("tests/test_split_pinned.py",)),
 ]
 
 
