@@ -34,8 +34,9 @@ def perplexity(loss):
 
 class PretrainTrainer(Trainer):
     """The Trainer plus what continued pretraining needs: perplexity and bits per byte beside every eval loss
-    (several named eval sets at once), and checkpoints marked complete only once every process has written
-    its part.
+    (several named eval sets at once), an eval loss that is the mean over scored tokens, checkpoints marked
+    complete only once every process has written its part and recording the data they were trained on, and
+    a resume that continues the same run (streaming included) without training past --max_steps.
 
     eval_sizes maps a metric prefix ("eval", "eval_domain", ...) to (scored tokens, UTF-8 bytes) of that set:
     bits per byte = mean loss x scored tokens / bytes / ln 2, comparable across tokenizers.
@@ -128,8 +129,9 @@ class PretrainTrainer(Trainer):
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         loss, logits, labels = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
         if loss is not None and inputs.get("labels") is not None:  # loss: the batch's mean over its scored tokens
-            scored = (inputs["labels"][..., 1:] != IGNORE_INDEX).sum()
-            self.eval_sums += torch.stack([loss.detach().float() * scored, scored.float()])
+            # the inputs may still be on the CPU here (the Trainer moves its own copy to the device)
+            scored = (inputs["labels"][..., 1:] != IGNORE_INDEX).sum().to(self.eval_sums.device, torch.float32)
+            self.eval_sums += torch.stack([loss.detach().to(self.eval_sums.device, torch.float32) * scored, scored])
         return loss, logits, labels
 
     def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
