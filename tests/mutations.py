@@ -5,8 +5,9 @@ what it claims.
     python tests/mutations.py            # every mutation (a few minutes)
     python tests/mutations.py resume     # those whose name contains "resume"
 
-Prints one line a mutation (caught or NOT CAUGHT, and the time) and exits 1 if any was not caught. Not a
-test file itself (pytest does not collect it): `make mutations` runs it.
+Runs each mutation's tests unchanged first (they must pass), then prints one line a mutation (caught or NOT
+CAUGHT, and the time) and exits 1 if any was not caught. Not a test file itself (pytest does not collect
+it): `make mutations` runs it.
 """
 
 import os
@@ -106,28 +107,33 @@ def apply(mutation, root):
         f.write(text.replace(mutation.old, mutation.new))
 
 
-def caught(mutation):
-    """Whether the mutation's tests fail on a copy of the repository with it applied."""
+def tests_fail(tests, mutation=None):
+    """Whether the tests fail on a copy of the repository, with the mutation applied if one is given."""
     with tempfile.TemporaryDirectory(prefix="mutation-") as root:
         copy_repository(root)
         os.symlink(os.path.join(ROOT, ".cache"), os.path.join(root, ".cache"))  # the converted SmolLM2, if any
-        apply(mutation, root)
+        if mutation:
+            apply(mutation, root)
         try:
-            proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
-                                   *mutation.tests], cwd=root, capture_output=True, text=True, timeout=TIMEOUT)
+            proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
+                                  cwd=root, capture_output=True, text=True, timeout=TIMEOUT)
         except subprocess.TimeoutExpired:  # the breakage hangs the tests: they do not pass
             return True
     if proc.returncode == 5:
-        raise SystemExit(f"mutation {mutation.name!r}: {' '.join(mutation.tests)} collects no test")
+        raise SystemExit(f"{' '.join(tests)} collects no test; update tests/mutations.py")
     return proc.returncode != 0
 
 
 def main(argv):
     chosen = [m for m in MUTATIONS if not argv or any(word in m.name for word in argv)]
+    # first the tests as they are: a mutation only counts as caught by tests that pass without it
+    for tests in dict.fromkeys(m.tests for m in chosen):
+        if tests_fail(tests):
+            raise SystemExit(f"{' '.join(tests)} fails without any mutation; fix it first")
     missed = []
     for mutation in chosen:
         start = time.time()
-        ok = caught(mutation)
+        ok = tests_fail(mutation.tests, mutation)
         print(f"{'caught' if ok else 'NOT CAUGHT':10} {mutation.name} ({mutation.path}; {time.time() - start:.0f} s)",
               flush=True)
         missed += [] if ok else [mutation.name]
