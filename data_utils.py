@@ -1213,6 +1213,11 @@ class PreparationWorkers:
         return self
 
     def __exit__(self, *exc):
+        if self.pool is not None and exc[0] is None:
+            # Let the workers finish what they were given and end. Pool.__exit__ alone calls terminate(), which
+            # can hang for good: its task handler blocked writing more tasks to workers it has just killed.
+            self.pool.close()
+            self.pool.join()
         return self.stack.__exit__(*exc)
 
     def map(self, function, items):
