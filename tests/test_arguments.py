@@ -174,6 +174,7 @@ def test_readme_flag_reference_is_current():
         "README.md's flag reference is stale; run: python arguments.py --write-readme")
 
 
+@pytest.mark.slow  # a process: about 6 s
 def test_help_lists_every_flag():
     import subprocess
     import sys

@@ -21,6 +21,8 @@ from transformers import AutoModelForCausalLM
 import pretrain
 from conftest import ROOT
 
+pytestmark = pytest.mark.slow  # two processes a test (torchrun, gloo): about 10 s each
+
 STEPS, ROWS, BLOCK = 2, 4, 32  # global batch: ROWS rows of BLOCK tokens, one process or two of ROWS // 2
 LORA = ["--modules_to_save", "embed_tokens,lm_head"]
 FULL = ["--full_finetuning"]

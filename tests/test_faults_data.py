@@ -190,6 +190,7 @@ def wait_for(path, seconds=120):
         time.sleep(0.01)
 
 
+@pytest.mark.slow  # two processes: about 9 s
 def test_two_runs_preparing_the_same_data_at_once_prepare_it_once_and_read_the_same_rows(
         tmp_path, tiny_tokenizer, tiny_tokenizer_dir):
     data, cache, signals = corpus(tmp_path), tmp_path / "cache", tmp_path / "signals"

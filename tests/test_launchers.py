@@ -5,7 +5,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
+
+pytestmark = pytest.mark.slow  # torchrun through the launchers: about 9 s each
 
 
 def launch(command, tmp_path, **env):

@@ -239,6 +239,7 @@ def test_finished_run_is_not_overwritten_without_the_flag(tiny_model_dir, corpus
     run(tiny_model_dir, corpus_dir, out, "--max_steps", "1", "--overwrite_output_dir")
 
 
+@pytest.mark.slow  # two processes (torchrun): about 13 s
 def test_two_cpu_processes_train_together_and_prepare_once(tiny_model_dir, tmp_path):
     """torchrun --nproc_per_node 2 on CPU: DDP over gloo (not two lone runs), one process tokenizes each source
     of a mix."""

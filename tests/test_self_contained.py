@@ -37,6 +37,7 @@ def test_the_scan_sees_a_path_outside():
     assert OUTSIDE.search("see ../shared/corpora") and not OUTSIDE.search("for x in items[1:]: ...")
 
 
+@pytest.mark.slow  # a process a bench: about 7 s each
 @pytest.mark.parametrize("bench", sorted(f for f in os.listdir(os.path.join(ROOT, "bench")) if f.endswith(".py")))
 def test_every_bench_starts(bench):
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "bench", bench), "--help"], cwd=ROOT,

@@ -186,6 +186,7 @@ def test_a_vocabulary_already_containing_the_pieces(tiny_tokenizer_dir, tmp_path
         extend(tiny_tokenizer_dir, tmp_path, "--add_missing_chars", texts=ENGLISH)
 
 
+@pytest.mark.slow  # processes: about 7 s
 def test_command_line_errors_are_one_line_and_exit_2(tiny_tokenizer_dir, tmp_path):
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "extend_tokenizer.py"), "--tokenizer_name_or_path",
                            tiny_tokenizer_dir, "--train_files", str(tmp_path / "missing.txt"), "--num_new_tokens",
