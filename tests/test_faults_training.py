@@ -234,7 +234,8 @@ def test_disk_full_at_save_is_one_line_and_resume_survives_it_twice(tiny_model_d
     # the data cache is written beside out, outside the small filesystem
     commands = [f"{command} > {logs}/out{i} 2> {logs}/err{i}; echo $? > {logs}/rc{i}\n"
                 f"ls {out} > {logs}/ls{i}" for i in range(3)]
-    commands.append(f"for d in {out}/*; do [ -f $d/{trainer_utils.COMPLETE_MARKER} ] && basename $d; done > {logs}/marked")
+    marker = trainer_utils.COMPLETE_MARKER
+    commands.append(f"for d in {out}/*; do [ -f $d/{marker} ] && basename $d; done > {logs}/marked")
     in_small_filesystem(out, 1, commands, tmp_path)
     lines = [one_line_error(subprocess.CompletedProcess([], int((logs / f"rc{i}").read_text()), "",
                                                         (logs / f"err{i}").read_text())) for i in range(3)]
