@@ -33,8 +33,8 @@ def test_no_file_reaches_outside_the_repository():
 
 
 def test_the_scan_sees_a_path_outside():
-    assert OUTSIDE.search('CORPORA = os.path.join(ROOT, "..", "shared", "corpora")')
-    assert OUTSIDE.search("see ../shared/corpora") and not OUTSIDE.search("for x in items[1:]: ...")
+    assert OUTSIDE.search('CORPORA = os.path.join(ROOT, "..", "beside", "corpora")')
+    assert OUTSIDE.search("see ../beside/corpora") and not OUTSIDE.search("for x in items[1:]: ...")
 
 
 @pytest.mark.slow  # a process a bench: about 7 s each
