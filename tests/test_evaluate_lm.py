@@ -7,8 +7,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
-from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import evaluate_lm
@@ -23,14 +21,9 @@ PROBES = os.path.join(DEMO_EVAL, "probes_heldout.jsonl")
 
 
 @pytest.fixture(scope="module")
-def adapter_and_merged(tiny_model_dir, tmp_path_factory):
-    """A LoRA adapter with non-zero weights (as after training) over the tiny model, and its merge."""
-    torch.manual_seed(1)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
-                           LoraConfig(target_modules=["q_proj", "v_proj"], r=4, init_lora_weights=False))
-    adapter = str(tmp_path_factory.mktemp("adapter"))
-    model.save_pretrained(adapter)
-    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(adapter)
+def adapter_and_merged(tiny_model_dir, tiny_adapter_dir, tmp_path_factory):
+    """conftest's LoRA adapter over the tiny model, and its merge."""
+    adapter = tiny_adapter_dir
     merged = str(tmp_path_factory.mktemp("merged"))
     merged_model, tokenizer = model_utils.merged_model(tiny_model_dir, adapter)
     merged_model.save_pretrained(merged)

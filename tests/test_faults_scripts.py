@@ -12,8 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import PeftModel
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 import eval_utils
@@ -53,23 +52,11 @@ def never(what):
     return fail
 
 
-@pytest.fixture(scope="module")
-def adapter_dir(tiny_model_dir, tmp_path_factory):
-    """A LoRA adapter with non-zero weights over the tiny model, saved with its tokenizer (as pretrain.py does)."""
-    torch.manual_seed(1)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
-                           LoraConfig(target_modules=["q_proj", "v_proj"], r=4, init_lora_weights=False))
-    path = str(tmp_path_factory.mktemp("adapter"))
-    model.save_pretrained(path)
-    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(path)
-    return path
-
-
 @pytest.fixture
-def work(tiny_model_dir, adapter_dir, tmp_path):
+def work(tiny_model_dir, tiny_adapter_dir, tmp_path):
     """tmp_path holding copies of the base model and the adapter, so that snapshot(tmp_path) sees every input."""
     shutil.copytree(tiny_model_dir, tmp_path / "base")
-    shutil.copytree(adapter_dir, tmp_path / "adapter")
+    shutil.copytree(tiny_adapter_dir, tmp_path / "adapter")
     return tmp_path
 
 
