@@ -13,6 +13,7 @@ import importlib.util
 import json
 import logging
 import os
+import subprocess
 import sys
 from dataclasses import dataclass, field, fields
 from typing import Optional
@@ -44,12 +45,21 @@ def run_script(main):
     try:
         return main()
     except UserError as e:
-        message = f"error: {e}"
+        message = "error: " + " ".join(str(e).splitlines())  # one line, whatever the message
     # the frames the error passed through are gone now: a progress bar it interrupted is closed (and drawn for
     # the last time) here, not after the message, which stays the last line
     gc.collect()
     print(message, file=sys.stderr)
     sys.exit(2)
+
+
+def run_script_process(script, argv):
+    """Run one of the repository's scripts (pretrain.py, extend_tokenizer.py) in a process of its own, as a user
+    runs it: the demo and the benches build on a script's output folder and never import the script. A failure
+    ends the caller with the script's exit code; the script has printed its message already."""
+    proc = subprocess.run([sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), script), *argv])
+    if proc.returncode:
+        sys.exit(proc.returncode)
 
 
 def split_list(value):

@@ -129,3 +129,10 @@ def write_training_report(output_dir, log_history, title="Training report"):
     keys += sorted(k for k in before if k in after and k.endswith("_loss") and k not in keys)
     return write_report(output_dir, before, after, keys, plots, title=title,
                         extra={"before_step": before_step, "after_step": after_step})
+
+
+def read_log_history(output_dir):
+    """The Trainer's log of the run that wrote output_dir (its trainer_state.json): what plot_training and
+    first_and_last_eval read."""
+    with open(os.path.join(output_dir, "trainer_state.json"), encoding="utf-8") as f:
+        return json.load(f)["log_history"]

@@ -21,7 +21,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
-import pretrain  # noqa: E402
+from arguments import run_script_process  # noqa: E402
 from data_utils import clean_documents, document_hash_fraction, read_documents  # noqa: E402
 
 CORPORA = os.path.join(ROOT, "examples", "corpora")  # committed real text (see its README)
@@ -83,15 +83,17 @@ def prepare_data(data_dir, domain, general, replay_share, heldout_bytes):
 
 def run_arm(name, files, args, out):
     train = [files["domain_train"]] + ([files["replay"]] if name == "replay" else [])
-    trainer = pretrain.main([args.config, "--model_name_or_path", args.model, "--train_files", *train,
-                             "--eval_files", f"domain={files['domain_eval']},general={files['general_eval']}",
-                             "--max_steps", str(args.max_steps), "--output_dir", os.path.join(out, name),
-                             "--data_cache_dir", os.path.join(out, "cache"), "--overwrite_output_dir",
-                             "--save_strategy", "no", "--report_to", "none", *args.extra])
-    with open(os.path.join(out, name, "report.json"), encoding="utf-8") as f:
-        report = json.load(f)
-    return {"before": report["before"], "after": report["after"],
-            "train_tokens_per_second": trainer.state.log_history[-1].get("train_tokens_per_second")}
+    run_script_process("pretrain.py", [args.config, "--model_name_or_path", args.model, "--train_files", *train,
+                                       "--eval_files", f"domain={files['domain_eval']},general={files['general_eval']}",
+                                       "--max_steps", str(args.max_steps), "--output_dir", os.path.join(out, name),
+                                       "--data_cache_dir", os.path.join(out, "cache"), "--overwrite_output_dir",
+                                       "--save_strategy", "no", "--report_to", "none", *args.extra])
+    figures = {}
+    for part in ("report", "train_results"):  # written by pretrain.py beside the model
+        with open(os.path.join(out, name, part + ".json"), encoding="utf-8") as f:
+            figures[part] = json.load(f)
+    return {"before": figures["report"]["before"], "after": figures["report"]["after"],
+            "train_tokens_per_second": figures["train_results"]["train_tokens_per_second"]}
 
 
 def main(argv=None):

@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import resource
+import runpy
 import socket
 import statistics
 import subprocess
@@ -25,6 +26,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "examples"))
 
+from report_utils import read_log_history  # noqa: E402
+
 
 def common_flags(args, out):
     return ["--model_name_or_path", args.model_name_or_path, "--dataset_dir", args.data, "--output_dir", out,
@@ -34,22 +37,24 @@ def common_flags(args, out):
             "--full_finetuning", "--overwrite_output_dir", "--seed", "0", "--validation_split_percentage", "0"]
 
 
-def steady_throughput(trainer):
+def steady_throughput(log_history):
     """(tokens, seconds) from the end of the first step to the end of the last: the first step's one-off costs
     (allocations, lazy imports, DeepSpeed buckets) are left out. Each step's log carries both counters."""
-    steps = [h for h in trainer.state.log_history if "loss" in h]
+    steps = [h for h in log_history if "loss" in h]
     first, last = steps[0], steps[-1]
     return (last["num_input_tokens_seen"] - first["num_input_tokens_seen"],
             float(last["train_runtime"]) - float(first["train_runtime"]))
 
 
-def run_toolkit(flags):
-    import pretrain
+def run_toolkit(flags, out):
+    """pretrain.py run as a user runs it (its __main__), in this measured process; its log read back from the
+    output folder (written by the main process: the token count is summed over processes already)."""
+    sys.argv = [os.path.join(ROOT, "pretrain.py"), *flags]
+    runpy.run_path(sys.argv[0], run_name="__main__")
+    return steady_throughput(read_log_history(out)) if int(os.environ.get("RANK", 0)) == 0 else (0, 0.0)
 
-    return steady_throughput(pretrain.main(flags))
 
-
-def run_clm(flags):
+def run_clm(flags, out):
     """transformers' examples/pytorch/language-modeling/run_clm.py, its data path and Trainer call: tokenize
     each document, concatenate everything, cut block_size chunks (dropping the remainder), labels = inputs."""
     from itertools import chain
@@ -79,11 +84,11 @@ def run_clm(flags):
     trainer = Trainer(model=model, args=training_args, train_dataset=train, processing_class=tokenizer,
                       data_collator=default_data_collator)
     trainer.train()
-    return steady_throughput(trainer)
+    return steady_throughput(trainer.state.log_history)
 
 
 def worker(recipe, out, flags):
-    tokens, runtime = (run_toolkit if recipe == "toolkit" else run_clm)(flags)
+    tokens, runtime = (run_toolkit if recipe == "toolkit" else run_clm)(flags, out)
     rank = int(os.environ.get("RANK", 0))
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     with open(os.path.join(out, f"bench-rank{rank}.json"), "w") as f:
@@ -113,8 +118,8 @@ def measure(args, name, recipe, processes=1, extra=()):
     if not all(os.path.exists(path) for path in results):
         sys.exit(f"{name} failed (exit {proc.returncode}); see {out}/log.txt")
     ranks = [json.load(open(path)) for path in results]
-    # the Trainer's token count is already summed over processes; the slowest process sets the time
-    return {"tokens_per_s": ranks[0]["tokens"] / max(r["runtime"] for r in ranks),
+    # the main process's log: the token count is summed over processes, the steps wait for the slowest one
+    return {"tokens_per_s": ranks[0]["tokens"] / ranks[0]["runtime"],
             "peak_rss_mib": max(r["peak_rss_mib"] for r in ranks)}
 
 

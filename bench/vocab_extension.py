@@ -19,6 +19,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from arguments import run_script_process  # noqa: E402
+
 CORPORA = os.path.join(ROOT, "examples", "corpora")  # committed real text (see its README)
 VIETNAMESE = os.path.join(CORPORA, "manpages-vi.jsonl")
 ENGLISH = os.path.join(CORPORA, "pydocs-en.txt")
@@ -79,15 +81,14 @@ def before_training(args, tokenizer_dir, sets):
 
 def train(args, tokenizer_dir, data_dir, name, *extra):
     """A short full-training run of pretrain.py on the Vietnamese training pages; the trained model's folder."""
-    import pretrain
-
     out = os.path.join(args.output_dir, name)
-    pretrain.main(["--model_name_or_path", args.model, "--tokenizer_name_or_path", tokenizer_dir,
-                   "--dataset_dir", data_dir, "--validation_split_percentage", "0", "--output_dir", out,
-                   "--data_cache_dir", os.path.join(args.output_dir, "cache"), "--overwrite_output_dir",
-                   "--do_train", "--full_finetuning", "--max_steps", str(args.max_steps), "--block_size", "256",
-                   "--per_device_train_batch_size", "4", "--learning_rate", "3e-4", "--lr_scheduler_type",
-                   "constant", "--save_strategy", "no", "--report_to", "none", "--seed", "0", *extra])
+    run_script_process("pretrain.py", [
+        "--model_name_or_path", args.model, "--tokenizer_name_or_path", tokenizer_dir, "--dataset_dir", data_dir,
+        "--validation_split_percentage", "0", "--output_dir", out, "--data_cache_dir",
+        os.path.join(args.output_dir, "cache"), "--overwrite_output_dir", "--do_train", "--full_finetuning",
+        "--max_steps", str(args.max_steps), "--block_size", "256", "--per_device_train_batch_size", "4",
+        "--learning_rate", "3e-4", "--lr_scheduler_type", "constant", "--save_strategy", "no", "--report_to", "none",
+        "--seed", "0", *extra])
     return out
 
 
@@ -114,14 +115,14 @@ def save(args, results):
 
 
 def main(argv=None):
-    import extend_tokenizer
-
     args = parse_args(argv)
     train_texts, sets = held_out_sets(args)
     tokenizer_dir = os.path.join(args.output_dir, "tokenizer")
-    report = extend_tokenizer.main(["--tokenizer_name_or_path", args.model, "--train_files", VIETNAMESE,
-                                    "--num_new_tokens", str(args.num_new_tokens), "--output_dir", tokenizer_dir,
-                                    "--eval_files", f"en={ENGLISH}", "--overwrite_output_dir"])
+    run_script_process("extend_tokenizer.py", ["--tokenizer_name_or_path", args.model, "--train_files", VIETNAMESE,
+                                               "--num_new_tokens", str(args.num_new_tokens), "--output_dir",
+                                               tokenizer_dir, "--eval_files", f"en={ENGLISH}", "--overwrite_output_dir"])
+    with open(os.path.join(tokenizer_dir, "tokens_per_byte.json"), encoding="utf-8") as f:
+        report = json.load(f)
     base, extended = before_training(args, tokenizer_dir, sets)
     results = {"tokens_per_byte": report, "bpb_before_training": {"base": base, "extended": extended},
                "settings": vars(args)}

@@ -127,3 +127,44 @@ def corpus_dir(tmp_path):
     (data / "c.json").write_text(json.dumps([{"content": "A JSON record."}, {"content": "Another one."}]),
                                  encoding="utf-8")
     return str(data)
+
+
+@pytest.fixture
+def no_model_loading(monkeypatch):
+    """pretrain.py may not load the model: a mistake must be reported before weights load."""
+    import pretrain
+
+    def fail(*a, **k):
+        raise AssertionError("the model was loaded before the mistake was reported")
+
+    monkeypatch.setattr(pretrain, "load_model", fail)
+
+
+@pytest.fixture
+def user_error(capsys):
+    """check(main, argv, match): main(argv) run through the scripts' own wrapper (arguments.run_script) ends as a
+    user mistake must: exit code 2, its last stderr line 'error: ...' matching match, no traceback. Returns the
+    line."""
+    import re
+
+    from arguments import run_script
+
+    def check(main, argv, match):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as stop:
+            run_script(lambda: main(argv))
+        err = capsys.readouterr().err
+        last = err.rstrip("\n").rsplit("\n", 1)[-1]
+        assert stop.value.code == 2 and "Traceback" not in err, err[-3000:]
+        assert last.startswith("error: ") and re.search(match, last), last
+        return last
+
+    return check
+
+
+def coloured_pixels(png):
+    """How many pixels of a PNG plot are coloured (not white, grey or black): 0 for axes with nothing drawn."""
+    import matplotlib.image
+
+    pixels = matplotlib.image.imread(png)[..., :3]
+    return int(((pixels.max(-1) - pixels.min(-1)) > 0.3).sum())

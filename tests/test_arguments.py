@@ -1,6 +1,7 @@
 """Every flag of the seed command and of the design's flag list parses under its name; renamed flags keep
 working; a config file may stand first; the README's flag reference is the generated one."""
 
+import dataclasses
 import json
 import os
 import re
@@ -112,7 +113,7 @@ GPU_SETTINGS = {
 
 @pytest.mark.parametrize("setting", list(GPU_SETTINGS))
 def test_gpu_settings_parse_anywhere_and_stop_a_run_without_a_gpu(tiny_model_dir, corpus_dir, tmp_path, monkeypatch,
-                                                                  capsys, setting):
+                                                                  capsys, no_model_loading, user_error, setting):
     """A dry run plans a GPU run on a machine without one (a login node); the run itself stops with one line
     before anything is prepared or loaded."""
     import pretrain
@@ -122,9 +123,8 @@ def test_gpu_settings_parse_anywhere_and_stop_a_run_without_a_gpu(tiny_model_dir
     argv = ["--model_name_or_path", tiny_model_dir, "--dataset_dir", corpus_dir, "--output_dir", str(tmp_path / "out"),
             "--data_cache_dir", str(tmp_path / "cache"), "--do_train", *flags]
     assert pretrain.main(argv + ["--dry_run"]) is None and "Dry run:" in capsys.readouterr().out
-    with pytest.raises(UserError, match=message) as error:
-        pretrain.main(argv)
-    assert "\n" not in str(error.value) and not (tmp_path / "cache").exists() and not (tmp_path / "out").exists()
+    user_error(pretrain.main, argv, message)
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "out").exists()
 
 
 @pytest.mark.skipif(torch.accelerator.is_available(), reason="for machines without a GPU")
@@ -150,19 +150,34 @@ def test_config_file_first_and_flags_override_it(tmp_path, suffix):
     assert model.dtype == "bfloat16" and data.data_cache_dir == str(tmp_path / "c")
 
 
-def test_bad_config_and_flags_are_user_errors(tmp_path):
+@pytest.mark.parametrize("case", ["config syntax", "unknown flag", "bad value", "out of range", "use_cache"])
+def test_bad_config_and_flags_are_user_errors(tmp_path, user_error, case):
     bad = tmp_path / "bad.yaml"
     bad.write_text("learning_rate: [1, \n")
-    with pytest.raises(UserError, match="bad.yaml: not a valid config file"):
-        parse_args([str(bad)])
-    with pytest.raises(UserError, match="unknown flag --lora_rnk; did you mean --lora_rank"):
-        parse_args(["--output_dir", "o", "--lora_rnk", "4"])
-    with pytest.raises(UserError, match="invalid float value"):
-        parse_args(["--output_dir", "o", "--learning_rate", "fast"])
-    with pytest.raises(UserError, match="--validation_split_percentage 150"):
-        parse_args(["--output_dir", "o", "--validation_split_percentage", "150"])
-    with pytest.raises(UserError, match="--use_cache True breaks document masking"):
-        parse_args(["--output_dir", "o", "--use_cache", "True"])
+    argv, message = {
+        "config syntax": ([str(bad)], "bad.yaml: not a valid config file"),
+        "unknown flag": (["--lora_rnk", "4"], "unknown flag --lora_rnk; did you mean --lora_rank"),
+        "bad value": (["--learning_rate", "fast"], "invalid float value"),
+        "out of range": (["--validation_split_percentage", "150"], "--validation_split_percentage 150"),
+        "use_cache": (["--use_cache", "True"], "--use_cache True breaks document masking"),
+    }[case]
+    user_error(parse_args, argv + ["--output_dir", str(tmp_path / "o")], message)
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_user_error_is_one_line_and_exit_2_and_a_bug_keeps_its_traceback(capsys):
+    def mistake():
+        raise UserError("--flag x: first line\nsecond line")
+
+    with pytest.raises(SystemExit) as stop:
+        arguments.run_script(mistake)
+    assert stop.value.code == 2 and capsys.readouterr().err == "error: --flag x: first line second line\n"
+
+    def bug():
+        raise KeyError("a bug")
+
+    with pytest.raises(KeyError, match="a bug"):
+        arguments.run_script(bug)
 
 
 def test_readme_flag_reference_is_current():
@@ -181,8 +196,11 @@ def test_help_lists_every_flag():
 
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "pretrain.py"), "--help"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    for flag in ("--dataset_dir", "--validation_split_percentage", "--lora_rank", "--learning_rate", "--data_cache"):
-        assert flag in proc.stdout
+    flags = {f"--{f.name}" for group in (arguments.ModelArguments, arguments.DataArguments,
+                                         arguments.PretrainTrainingArguments) for f in dataclasses.fields(group) if f.init}
+    flags |= {"--data_cache", "--warmup_ratio", "--torch_dtype", "--use_auth_token"}  # the renamed flags' old names
+    listed = set(re.findall(r"(--\w+)", proc.stdout))
+    assert len(flags) > 150 and not flags - listed, sorted(flags - listed)
 
 
 def test_mix_from_a_flag_or_a_yaml_sources_list_and_phases(tmp_path):

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 import report_utils
-from conftest import ROOT
+from conftest import ROOT, coloured_pixels
 
 DEMO = os.path.join(ROOT, "examples", "demo")
 sys.path.insert(0, DEMO)
@@ -59,7 +59,7 @@ def test_curves_and_plots_and_report(tmp_path):
     plots = [report_utils.plot_training(history, str(tmp_path / "t.png")),
              report_utils.plot_before_after(before, after, ["a_acc", "b_bpb"], str(tmp_path / "b.png"))]
     for plot in plots:
-        assert open(plot, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+        assert coloured_pixels(plot) > 500  # curves and bars drawn, not empty axes
     report_utils.write_report(str(tmp_path), before, after, ["a_acc", "b_bpb"], plots)
     assert json.loads((tmp_path / "report.json").read_text())["after"]["a_acc"] == 1.0
     md = (tmp_path / "report.md").read_text()

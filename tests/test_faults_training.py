@@ -39,14 +39,6 @@ def data_dir(tmp_path):
     return folder
 
 
-@pytest.fixture
-def no_model_loading(monkeypatch):
-    def fail(*a, **k):
-        raise AssertionError("the model was loaded before the mistake was reported")
-
-    monkeypatch.setattr(pretrain, "load_model", fail)
-
-
 def one_line_error(proc):
     """The error contract of a script run: exit 2, one line on stderr, no traceback."""
     assert proc.returncode == 2, proc.stderr[-3000:]
@@ -139,7 +131,8 @@ def test_overwrite_cache_rebuilds_once_not_once_a_process(tiny_model_dir, data_d
 # --- resuming on other data --------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("streaming", [False, True], ids=["cached", "streaming"])
-def test_resume_on_other_data_stops_with_what_changed(tiny_model_dir, data_dir, tmp_path, monkeypatch, streaming):
+def test_resume_on_other_data_stops_with_what_changed(tiny_model_dir, data_dir, tmp_path, monkeypatch, user_error,
+                                                      streaming):
     extra = ["--streaming", "--validation_split_percentage", "0"] if streaming else []
     out = tmp_path / "out"
     killed_after_step_2(tiny_model_dir, data_dir, out, *extra)
@@ -147,27 +140,24 @@ def test_resume_on_other_data_stops_with_what_changed(tiny_model_dir, data_dir, 
     assert record["files"] == {str(data_dir / "a.txt"): (data_dir / "a.txt").stat().st_size}
     (data_dir / "b.txt").write_text("Another file, added after the run was killed.\n", encoding="utf-8")
     monkeypatch.setattr(pretrain, "load_model", lambda *a, **k: pytest.fail("the model loaded"))
-    with pytest.raises(UserError) as e:
-        pretrain.main(run_flags(tiny_model_dir, data_dir, out, 4, *extra))
-    message = str(e.value)
-    assert "\n" not in message and "checkpoint-2 was trained on other data" in message
+    message = user_error(pretrain.main, run_flags(tiny_model_dir, data_dir, out, 4, *extra),
+                         "checkpoint-2 was trained on other data")
     assert f"added {data_dir / 'b.txt'}" in message and "--init_from_checkpoint" in message
     assert sorted(os.listdir(out)) == ["checkpoint-1", "checkpoint-2"]  # nothing written or renamed
 
 
 def test_resume_refuses_changed_contents_and_order_but_not_the_same_data(tiny_model_dir, data_dir, tmp_path,
-                                                                         monkeypatch):
+                                                                         monkeypatch, user_error):
     out = tmp_path / "out"
     killed_after_step_2(tiny_model_dir, data_dir, out)
     text = (data_dir / "a.txt").read_text(encoding="utf-8")
     (data_dir / "a.txt").write_text(text.replace("quick", "quack"), encoding="utf-8")  # same size, new contents
-    calls = []
-    monkeypatch.setattr(pretrain, "load_model", lambda *a, **k: calls.append(1) or pytest.fail("the model loaded"))
-    with pytest.raises(UserError, match="file contents or data options changed"):
-        pretrain.main(run_flags(tiny_model_dir, data_dir, out, 4))
+    monkeypatch.setattr(pretrain, "load_model", lambda *a, **k: pytest.fail("the model loaded"))
+    user_error(pretrain.main, run_flags(tiny_model_dir, data_dir, out, 4), "file contents or data options changed")
     (data_dir / "a.txt").write_text(text, encoding="utf-8")
-    with pytest.raises(UserError, match="seed 3 -> 4"):  # the shuffled order follows the seed
-        pretrain.main(run_flags(tiny_model_dir, data_dir, out, 4, "--seed", "4"))
+    # the shuffled order follows the seed
+    user_error(pretrain.main, run_flags(tiny_model_dir, data_dir, out, 4, "--seed", "4"), "seed 3 -> 4")
+    assert sorted(os.listdir(out)) == ["checkpoint-1", "checkpoint-2"]  # nothing written or renamed
     monkeypatch.undo()
     trainer = pretrain.main(run_flags(tiny_model_dir, data_dir, out, 4))  # the same data resumes
     assert trainer.state.global_step == 4 and (out / "checkpoint-4" / trainer_utils.TRAINING_DATA).is_file()
@@ -184,19 +174,17 @@ def output_dir_cases(tmp_path):
 
 
 @pytest.mark.parametrize("case", ["a file", "under a file"])
-def test_output_dir_that_cannot_be_a_folder_is_found_with_the_flags(tmp_path, case):
+def test_output_dir_that_cannot_be_a_folder_is_found_with_the_flags(tmp_path, case, user_error):
     path, expected = output_dir_cases(tmp_path)[case]
-    with pytest.raises(UserError, match=expected):
-        parse_args(["--output_dir", path])
+    user_error(parse_args, ["--output_dir", path], expected)
 
 
-def test_output_dir_that_cannot_be_written_is_found_with_the_flags(tmp_path):
+def test_output_dir_that_cannot_be_written_is_found_with_the_flags(tmp_path, user_error):
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
     if os.access(locked, os.W_OK):
         pytest.skip("this user writes anywhere (root): permissions cannot make a folder unwritable")
-    with pytest.raises(UserError, match="cannot write in"):
-        parse_args(["--output_dir", str(locked / "out")])
+    user_error(parse_args, ["--output_dir", str(locked / "out")], "cannot write in")
 
 
 def test_output_dir_error_exits_2_before_the_model_loads(tiny_model_dir, data_dir, tmp_path):
@@ -290,12 +278,11 @@ def adapters(tiny_tokenizer_dir, tmp_path_factory):
     ("more layers", "the adapter has modules this model lacks"),
 ])
 def test_adapter_of_another_base_stops_before_the_model_loads(tiny_model_dir, data_dir, tmp_path, adapters,
-                                                              no_model_loading, name, expected):
+                                                              no_model_loading, user_error, name, expected):
     for flag in ("--peft_path", "--init_from_checkpoint"):
-        with pytest.raises(UserError) as e:
-            pretrain.main(run_flags(tiny_model_dir, data_dir, tmp_path / "out", 2, flag, adapters[name]))
-        assert expected in str(e.value) and str(e.value).startswith(f"{flag} {adapters[name]}:")
-        assert "\n" not in str(e.value) and not (tmp_path / "out").exists()
+        line = user_error(pretrain.main, run_flags(tiny_model_dir, data_dir, tmp_path / "out", 2, flag,
+                                                   adapters[name]), expected)
+        assert line.startswith(f"error: {flag} {adapters[name]}:") and not (tmp_path / "out").exists()
 
 
 def test_adapter_of_the_same_base_trains_on(tiny_model_dir, data_dir, tmp_path, adapters):

@@ -1,6 +1,7 @@
 """End-to-end runs on a tiny random Llama (seconds each): training, outputs other tools load, document masking
 on the training path, and user mistakes stopped before the model loads."""
 
+import glob
 import json
 import os
 import subprocess
@@ -17,17 +18,20 @@ import merge_lora
 import model_utils
 import pretrain
 import trainer_utils
-from arguments import UserError, parse_args
+from arguments import parse_args
 from conftest import ROOT, pack_documents
 from data_utils import PackedCollator, tokenize_documents
 
 
-def run(model_dir, data_dir, out, *extra):
-    args = ["--model_name_or_path", model_dir, "--dataset_dir", data_dir, "--output_dir", str(out),
+def run_flags(model_dir, data_dir, out, *extra):
+    return ["--model_name_or_path", model_dir, "--dataset_dir", data_dir, "--output_dir", str(out),
             "--data_cache_dir", str(out) + "-cache", "--do_train", "--max_steps", "3", "--block_size", "32",
             "--per_device_train_batch_size", "2", "--learning_rate", "1e-2", "--logging_steps", "1",
             "--save_strategy", "no", "--report_to", "none", "--lora_dropout", "0", *extra]
-    return pretrain.main(args)
+
+
+def run(model_dir, data_dir, out, *extra):
+    return pretrain.main(run_flags(model_dir, data_dir, out, *extra))
 
 
 def logits(model, ids):
@@ -64,7 +68,7 @@ def test_lora_run_writes_adapter_with_full_modules_to_save_and_tokenizer(lora_ru
     assert torch.equal(weights["base_model.model.lm_head.weight"], emb)  # still tied
     evaluation = trainer.state.log_history[-1]
     assert evaluation["eval_perplexity"] == pytest.approx(torch.tensor(evaluation["eval_loss"]).exp().item(), rel=1e-4)
-    assert trainer.state.num_input_tokens_seen > 0
+    assert trainer.state.num_input_tokens_seen == 3 * 2 * 32  # steps x rows x block_size: every row full
 
 
 def test_adapter_loads_with_no_key_mismatch_and_same_logits(lora_run, tiny_model_dir):
@@ -145,14 +149,6 @@ def test_packed_document_loss_equals_its_loss_alone_on_the_training_path(tiny_mo
 
 # --- user mistakes: one line, exit 2, before the model loads, nothing in output_dir -----------------------------
 
-@pytest.fixture
-def no_model_loading(monkeypatch):
-    def fail(*a, **k):
-        raise AssertionError("the model was loaded before the mistake was reported")
-
-    monkeypatch.setattr(pretrain, "load_model", fail)
-
-
 def bad_input_cases(tmp_path, corpus_dir):
     bad_json = tmp_path / "badjson"
     bad_json.mkdir()
@@ -179,13 +175,13 @@ def bad_input_cases(tmp_path, corpus_dir):
 
 @pytest.mark.parametrize("case", ["missing path", "empty dataset", "json syntax", "text column", "trainable",
                                   "block size", "non-utf8", "unknown flag"])
-def test_bad_input_stops_before_the_model_loads(case, tiny_model_dir, corpus_dir, tmp_path, no_model_loading):
+def test_bad_input_stops_before_the_model_loads(case, tiny_model_dir, corpus_dir, tmp_path, no_model_loading,
+                                                user_error):
     flags, message = bad_input_cases(tmp_path, corpus_dir)[case]
     out = tmp_path / "out"
-    with pytest.raises(UserError, match=message):
-        pretrain.main(["--model_name_or_path", tiny_model_dir, "--output_dir", str(out), "--do_train",
-                       "--data_cache_dir", str(tmp_path / "cache"), *flags])
-    assert not out.exists()
+    user_error(pretrain.main, ["--model_name_or_path", tiny_model_dir, "--output_dir", str(out), "--do_train",
+                               "--data_cache_dir", str(tmp_path / "cache"), *flags], message)
+    assert not out.exists() and not [p for p in (tmp_path / "cache").rglob("*") if not p.is_dir()]  # no file
 
 
 def test_bad_input_from_the_command_line_is_one_line_and_exit_2(tiny_model_dir, tmp_path):
@@ -199,27 +195,35 @@ def test_bad_input_from_the_command_line_is_one_line_and_exit_2(tiny_model_dir, 
     assert "Traceback" not in proc.stderr and not out.exists()
 
 
-def test_streaming_run_trains_without_a_cache(tiny_model_dir, corpus_dir, tmp_path, caplog):
+def test_streaming_run_trains_without_a_cache(tiny_model_dir, corpus_dir, tmp_path, caplog, user_error):
     caplog.set_level("INFO", logger="pretrain")
-    trainer = run(tiny_model_dir, corpus_dir, tmp_path / "s", "--streaming", "--max_steps", "2",
-                  "--validation_split_percentage", "30", "--do_eval")
-    assert trainer.state.global_step == 2 and trainer.state.log_history[-1]["eval_loss"] > 0
+    evaluated = ("--validation_split_percentage", "30", "--eval_on_start", "true", "--eval_strategy", "steps",
+                 "--eval_steps", "5")
+    trainer = run(tiny_model_dir, corpus_dir, tmp_path / "s", "--streaming", "--max_steps", "2", *evaluated)
+    cached = run(tiny_model_dir, corpus_dir, tmp_path / "c", "--max_steps", "1", *evaluated)
+    assert trainer.state.global_step == 2
+    # the same held-out documents, packed alike: the untrained model (LoRA starts as the identity) scores them alike
+    first_eval = [[h["eval_loss"] for h in t.state.log_history if "eval_loss" in h][0] for t in (trainer, cached)]
+    assert first_eval[0] == pytest.approx(first_eval[1], rel=1e-6)
     assert "Documents streamed: " in caplog.text and " read, " in caplog.text  # cleaning counts are logged
     assert not os.path.exists(str(tmp_path / "s") + "-cache")
-    with pytest.raises(UserError, match="--streaming needs --max_steps"):
-        run(tiny_model_dir, corpus_dir, tmp_path / "t", "--streaming", "--max_steps", "-1")
+    user_error(pretrain.main, run_flags(tiny_model_dir, corpus_dir, tmp_path / "t", "--streaming", "--max_steps", "-1"),
+               "--streaming needs --max_steps")
+    assert not (tmp_path / "t").exists()
 
 
-def test_unloadable_model_path_names_the_flag(tmp_path, corpus_dir, no_model_loading):
-    with pytest.raises(UserError, match=f"--model_name_or_path {tmp_path / 'nomodel'}: no such folder"):
-        pretrain.main(["--model_name_or_path", str(tmp_path / "nomodel"), "--dataset_dir", corpus_dir,
-                       "--output_dir", str(tmp_path / "out"), "--do_train"])
+def test_unloadable_model_path_names_the_flag(tmp_path, corpus_dir, no_model_loading, user_error):
+    user_error(pretrain.main, ["--model_name_or_path", str(tmp_path / "nomodel"), "--dataset_dir", corpus_dir,
+                               "--output_dir", str(tmp_path / "out"), "--do_train"],
+               f"--model_name_or_path {tmp_path / 'nomodel'}: no such folder")
+    assert not (tmp_path / "out").exists()
 
 
 def test_checkpoints_are_marked_complete_and_a_run_resumes_from_the_last_one(tiny_model_dir, corpus_dir, tmp_path):
     out = tmp_path / "ckpt"
     first = run(tiny_model_dir, corpus_dir, out, "--max_steps", "2", "--save_strategy", "steps", "--save_steps", "1")
-    assert sorted(os.listdir(out / "checkpoint-2")) and (out / "checkpoint-2" / trainer_utils.COMPLETE_MARKER).is_file()
+    assert {"adapter_model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json",
+            trainer_utils.COMPLETE_MARKER} <= set(os.listdir(out / "checkpoint-2"))
     # a run killed while writing checkpoint-3 leaves it unmarked: resume must not take it
     (out / "checkpoint-3").mkdir()
     (out / "checkpoint-3" / "adapter_model.safetensors").write_bytes(b"half")
@@ -231,11 +235,13 @@ def test_checkpoints_are_marked_complete_and_a_run_resumes_from_the_last_one(tin
     assert (out / "incomplete-checkpoint-3").is_dir() and (out / "checkpoint-3" / trainer_utils.COMPLETE_MARKER).is_file()
 
 
-def test_finished_run_is_not_overwritten_without_the_flag(tiny_model_dir, corpus_dir, tmp_path):
+def test_finished_run_is_not_overwritten_without_the_flag(tiny_model_dir, corpus_dir, tmp_path, user_error):
     out = tmp_path / "done"
     run(tiny_model_dir, corpus_dir, out, "--max_steps", "1")
-    with pytest.raises(UserError, match="already holds a trained model; pass --overwrite_output_dir"):
-        run(tiny_model_dir, corpus_dir, out, "--max_steps", "1")
+    files = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    user_error(pretrain.main, run_flags(tiny_model_dir, corpus_dir, out, "--max_steps", "1"),
+               "already holds a trained model; pass --overwrite_output_dir")
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == files  # nothing touched
     run(tiny_model_dir, corpus_dir, out, "--max_steps", "1", "--overwrite_output_dir")
 
 
@@ -263,7 +269,7 @@ def test_two_cpu_processes_train_together_and_prepare_once(tiny_model_dir, tmp_p
     assert proc.stdout.count("Using the prepared data cached in") == 2
 
 
-def test_named_eval_sets_log_loss_perplexity_and_bits_per_byte(tiny_model_dir, corpus_dir, tmp_path):
+def test_named_eval_sets_log_loss_perplexity_and_bits_per_byte(tiny_model_dir, corpus_dir, tmp_path, user_error):
     from eval_utils import bits_per_byte
 
     general = tmp_path / "general.txt"
@@ -276,21 +282,23 @@ def test_named_eval_sets_log_loss_perplexity_and_bits_per_byte(tiny_model_dir, c
     # the packed estimate agrees with the exact rolling computation (which also scores first tokens, not EOS)
     exact = bits_per_byte(trainer.model, trainer.processing_class, ["The lazy dog sleeps.", "A quick brown fox."])
     assert metrics["eval_general_bpb"] == pytest.approx(exact["bpb"], rel=0.15)
-    with pytest.raises(UserError, match="--eval_files 'domain': expected name=path"):
-        run(tiny_model_dir, corpus_dir, tmp_path / "bad", "--eval_files", "domain")
+    user_error(pretrain.main, run_flags(tiny_model_dir, corpus_dir, tmp_path / "bad", "--eval_files", "domain"),
+               "--eval_files 'domain': expected name=path")
 
 
-def test_freeze_modules_keeps_those_weights_in_full_finetuning(tiny_model_dir, corpus_dir, tmp_path):
+def test_freeze_modules_keeps_those_weights_in_full_finetuning(tiny_model_dir, corpus_dir, tmp_path, user_error):
     run(tiny_model_dir, corpus_dir, tmp_path / "frozen", "--full_finetuning", "--freeze_modules", "embed_tokens")
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     trained = AutoModelForCausalLM.from_pretrained(tmp_path / "frozen")
     assert torch.equal(trained.model.embed_tokens.weight, base.model.embed_tokens.weight)
     assert torch.equal(trained.lm_head.weight, base.lm_head.weight)  # tied: fixed with it
     assert not torch.equal(trained.model.layers[0].mlp.up_proj.weight, base.model.layers[0].mlp.up_proj.weight)
-    with pytest.raises(UserError, match="--freeze_modules: the model has no module embeddings"):
-        run(tiny_model_dir, corpus_dir, tmp_path / "x", "--full_finetuning", "--freeze_modules", "embeddings")
-    with pytest.raises(UserError, match="--freeze_modules applies to --full_finetuning"):
-        run(tiny_model_dir, corpus_dir, tmp_path / "y", "--freeze_modules", "embed_tokens")
+    user_error(pretrain.main, run_flags(tiny_model_dir, corpus_dir, tmp_path / "x", "--full_finetuning",
+                                        "--freeze_modules", "embeddings"),
+               "--freeze_modules: the model has no module embeddings")
+    user_error(pretrain.main, run_flags(tiny_model_dir, corpus_dir, tmp_path / "y", "--freeze_modules", "embed_tokens"),
+               "--freeze_modules applies to --full_finetuning")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 
 def base_flags(model_dir, out, *extra):
@@ -313,7 +321,8 @@ def test_prepare_data_only_prints_one_line_of_stats_and_stops(tiny_model_dir, co
         assert lines[0].startswith("data: documents 12 read, 10 kept, dropped: 1 duplicate, 1 short, "
                                    "1 NFC-normalized, 1 stripped of control characters; train tokens ")
         assert "padding " in lines[0] and "tokens/s" in lines[0]
-    assert os.listdir(str(tmp_path / "prep0") + "-cache") and not os.path.exists(str(tmp_path / "prep1") + "-cache")
+    prepared = glob.glob(os.path.join(str(tmp_path / "prep0") + "-cache", "*", "prepare_stats.json"))
+    assert len(prepared) == 1 and not os.path.exists(str(tmp_path / "prep1") + "-cache")  # streaming caches nothing
 
 
 def test_mixed_run_trains_in_mix_order_and_evaluates_each_source(tiny_model_dir, tmp_path):

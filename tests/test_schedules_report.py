@@ -7,6 +7,7 @@ import os
 import pytest
 
 from arguments import UserError, parse_args
+from conftest import coloured_pixels
 from test_pretrain import run
 
 
@@ -87,7 +88,7 @@ def test_training_ends_with_a_report_of_every_eval_set_before_and_after(tiny_mod
     md = (out / "report.md").read_text(encoding="utf-8")
     assert "| domain_bpb |" in md and "![training.png](training.png)" in md
     for png in ("training.png", "before_after.png"):
-        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert coloured_pixels(out / png) > 500  # curves and bars drawn, not empty axes
 
 
 def test_report_without_evaluations_says_how_to_get_one(tiny_model_dir, corpus_dir, tmp_path):

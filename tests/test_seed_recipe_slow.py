@@ -45,7 +45,8 @@ def test_seed_command_runs_and_its_adapter_loads_and_merges(smollm2_dir, seed_da
         "--gradient_checkpointing", "--ddp_find_unused_parameters", "False", "--max_steps", "2", "--report_to", "none"]
     proc = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads((out / "train_results.json").read_text())["train_loss"] > 0
+    # the pretrained weights were loaded and trained: a model that reads English (random weights: ln 49152 = 10.8)
+    assert 1.0 < json.loads((out / "train_results.json").read_text())["train_loss"] < 5.0
     weights = load_file(out / "adapter_model.safetensors")
     assert weights["base_model.model.model.embed_tokens.weight"].shape == (49152, 576)
     assert torch.equal(weights["base_model.model.lm_head.weight"], weights["base_model.model.model.embed_tokens.weight"])

@@ -48,21 +48,30 @@ def test_every_bench_starts(bench):
 SCRIPTS = {"pretrain", "merge_lora", "evaluate_lm", "extend_tokenizer"}
 
 
-def project_imports():
-    """{module: the project modules it imports} for every top-level module of the repository."""
+def imported_modules(path):
+    """The top-level names of every module the file at path imports (absolute imports)."""
     import ast
 
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    names = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    return names | {node.module.split(".")[0] for node in ast.walk(tree)
+                    if isinstance(node, ast.ImportFrom) and node.module and not node.level}
+
+
+def project_imports():
+    """{module: the project modules it imports} for every top-level module of the repository."""
     modules = {name[:-3] for name in os.listdir(ROOT) if name.endswith(".py")}
-    graph = {}
-    for module in modules:
-        with open(os.path.join(ROOT, module + ".py"), encoding="utf-8") as f:
-            tree = ast.parse(f.read())
-        names = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
-                 for alias in node.names}
-        names |= {node.module.split(".")[0] for node in ast.walk(tree)
-                  if isinstance(node, ast.ImportFrom) and node.module and not node.level}
-        graph[module] = names & modules - {module}
-    return graph
+    return {module: imported_modules(os.path.join(ROOT, module + ".py")) & modules - {module} for module in modules}
+
+
+def test_the_demo_and_benches_run_scripts_never_import_them():
+    """They build on what a script writes (its output folder), run as a user runs it."""
+    paths = [os.path.join(folder, name) for top in ("bench", "examples") for folder, _, names in
+             os.walk(os.path.join(ROOT, top)) for name in names if name.endswith(".py")]
+    assert any(path.endswith("run_demo.py") for path in paths)
+    found = {f"{os.path.relpath(path, ROOT)} imports {name}" for path in paths for name in imported_modules(path) & SCRIPTS}
+    assert not found, ", ".join(sorted(found))
 
 
 def test_imports_point_down_scripts_on_top_and_no_cycle():

@@ -20,9 +20,8 @@ sys.path.insert(0, ROOT)
 
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
-import pretrain  # noqa: E402
 import report_utils  # noqa: E402
-from arguments import run_script  # noqa: E402
+from arguments import run_script, run_script_process  # noqa: E402
 from eval_utils import evaluate_model, flat_figures, read_eval_inputs  # noqa: E402
 
 # Training sources and their token shares: the English fact documents (5,500 tokens) are cycled about 3.6
@@ -67,14 +66,16 @@ def main(argv=None):
     before = evaluate(AutoModelForCausalLM.from_pretrained(args.model), tokenizer, inputs)
     # The config holds the training settings; the paths are given absolute, so the demo runs from any folder.
     mix = ",".join(f"{name}={os.path.join(HERE, path)}:{share}" for name, (path, share) in MIX.items())
-    trainer = pretrain.main([os.path.join(ROOT, "examples", "new_facts.yaml"), "--model_name_or_path", args.model,
-                             "--mix", mix,
-                             "--eval_files", ",".join(f"{k}={os.path.join(HERE, v)}" for k, v in EVAL_FILES.items()),
-                             "--data_cache_dir", os.path.join(ROOT, ".cache", "prepared"),
-                             "--output_dir", os.path.join(out, "model"), "--overwrite_output_dir", *train_flags])
-    after = evaluate(trainer.model, trainer.processing_class, inputs)
+    model_dir = os.path.join(out, "model")
+    run_script_process("pretrain.py", [os.path.join(ROOT, "examples", "new_facts.yaml"),
+                                       "--model_name_or_path", args.model, "--mix", mix,
+                                       "--eval_files", ",".join(f"{k}={os.path.join(HERE, v)}"
+                                                                for k, v in EVAL_FILES.items()),
+                                       "--data_cache_dir", os.path.join(ROOT, ".cache", "prepared"),
+                                       "--output_dir", model_dir, "--overwrite_output_dir", *train_flags])
+    after = evaluate(AutoModelForCausalLM.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir), inputs)
 
-    plots = [report_utils.plot_training(trainer.state.log_history, os.path.join(out, "training.png"),
+    plots = [report_utils.plot_training(report_utils.read_log_history(model_dir), os.path.join(out, "training.png"),
                                         "Demo training: loss and held-out bits per byte"),
              report_utils.plot_before_after(before, after, KEYS[:4], os.path.join(out, "before_after.png"))]
     report_utils.write_report(out, before, after, KEYS, plots, extra_md=(
