@@ -141,9 +141,11 @@ class ModelArguments:
     )
     attn_implementation: Optional[str] = field(
         default=None,
-        metadata={"help": "Attention kernel: sdpa (default) or eager keep packed documents apart through the "
-                  "restarting position_ids; flash_attention_2 (CUDA GPU, flash-attn package) gets each batch "
-                  "flattened into one row with the document boundaries (cu_seq_lens), without padding."},
+        metadata={"help": "Attention kernel. Default: torch_varlen on a CUDA GPU in bf16/fp16 (torch's own varlen "
+                  "flash attention; each batch flattened into one row with the document boundaries, cu_seq_lens, "
+                  "no padding and no mask), sdpa otherwise. sdpa, eager and flex_attention keep packed documents "
+                  "apart with a mask built from the restarting position_ids; flash_attention_2 (CUDA GPU, "
+                  "flash-attn package) takes flattened batches as torch_varlen does."},
     )
 
     new_token_first_piece_weight: Optional[float] = field(
@@ -467,6 +469,12 @@ class PretrainTrainingArguments(TrainingArguments):
     warmup_ratio: Optional[float] = field(
         default=None,
         metadata={"help": "Deprecated, use --warmup_steps with a float in [0, 1). Fraction of steps spent warming up."},
+    )
+    peak_tflops: Optional[float] = field(
+        default=None,
+        metadata={"help": "Dense peak TFLOP/s of one device in the run's dtype, for the MFU logged beside tokens/s. "
+                  "Default: from a table of common GPUs (H100, H200, A100, L40S, L4, B200, MI300X, ...); none on a "
+                  "CPU or an unknown device (no MFU logged)."},
     )
     include_num_input_tokens_seen: str = field(
         default="all",

@@ -19,7 +19,9 @@ from transformers import AutoModelForCausalLM
 from transformers.modeling_utils import set_zero3_state
 
 from arguments import UserError
+from attention_utils import choose_attention, training_dtype
 from data_utils import corpus_pairs, held_out, mixed_order, phase_weights, tokenize_documents, utf8_length
+from throughput_utils import peak_tflops
 
 SAMPLE_DOCUMENTS = 2000
 DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
@@ -142,6 +144,45 @@ def gpu_memory(counts, frozen_bytes_per_param, training_args, gpus_per_node, nod
     return stage, gpu + frozen
 
 
+ASSUMED_PEAK = 989e12  # bf16 dense FLOP/s of an H100/H200, for advice given where no GPU can be asked
+ASSUMED_GPU_BYTES = 80 * 2**30
+
+
+def speed_advice(counts, frozen_bytes_per_param, training_args, block_size, peak=None, gpu_bytes=None):
+    """Warnings, each with the setting to change, for a run that would leave its GPUs waiting: micro-batches
+    whose arithmetic is too short to hide Python and kernel launches, and ZeRO-3 where the model states fit on
+    one GPU. peak (FLOP/s) and gpu_bytes are this machine's GPU's; an H100-class GPU is assumed without one."""
+    trainable, total, _ = counts
+    lines = []
+    tokens = training_args.per_device_train_batch_size * block_size
+    seconds = tokens * 6 * total / (peak or ASSUMED_PEAK)
+    if seconds < 0.05:  # measured: 512-token micro-batches of a 1.7B model took 190 ms for 7 ms of arithmetic
+        rows = math.ceil(0.1 * (peak or ASSUMED_PEAK) / (6 * total) / block_size)
+        lines.append(f"advice: a micro-batch of {tokens:,} tokens is {1000 * seconds:.0f} ms of arithmetic for "
+                     f"{total / 1e9:.2f}B parameters on {'this' if peak else 'an H100-class'} GPU, too little to "
+                     "hide Python and kernel launches (measured on an H200: 512-token micro-batches of a 1.7B model "
+                     f"ran 27x slower than their arithmetic); raise --per_device_train_batch_size to {rows} or more "
+                     "and lower --gradient_accumulation_steps to keep the batch")
+    if zero_stage(training_args)[0] == 3:
+        from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
+
+        alone = (estimate_zero2_model_states_mem_needs(trainable, 1, 1, cpu_offload=False)[1]
+                 + (total - trainable) * frozen_bytes_per_param)
+        room = gpu_bytes or ASSUMED_GPU_BYTES
+        if alone < room / 2:
+            lines.append(f"advice: ZeRO-3 gathers every layer's weights at every step, but the model states fit on "
+                         f"one GPU ({alone / 2**30:.1f} GiB of {room / 2**30:.0f}); measured on one H200, ZeRO-3 ran "
+                         "at about a fourth of ZeRO-2's tokens/s: use --deepspeed ds_configs/zero2_no_offload.json")
+    return lines
+
+
+def advice_for_this_gpu(model_args, training_args, config, tokenizer, block_size):
+    """speed_advice for the CUDA GPU this process runs on: the log lines at the start of a run."""
+    peak = peak_tflops(torch.cuda.get_device_name(), training_dtype(model_args, training_args))
+    return speed_advice(parameter_counts(config, training_args, len(tokenizer)), frozen_bytes(model_args, config),
+                        training_args, block_size, peak and peak * 1e12, torch.cuda.get_device_properties(0).total_memory)
+
+
 def world_layout():
     """(processes per node, nodes) of this launch: torchrun's environment, else the visible GPUs of one node."""
     per_node = int(os.environ.get("LOCAL_WORLD_SIZE", 0)) or max(torch.cuda.device_count(), 1)
@@ -177,4 +218,6 @@ def plan_lines(model_args, data_args, training_args, config, tokenizer, block_si
         f"parameters: {counts[0]:,} trainable of {counts[1]:,} ({100 * counts[0] / counts[1]:.2f} percent)",
         f"memory a GPU: {memory / 2**30:.2f} GiB of model states with {engine} on {per_node} x {nodes} GPUs "
         "(DeepSpeed's estimate; activations come on top)",
+        "attention on a CUDA GPU: {} ({})".format(*choose_attention(model_args, training_args, config, cuda=True)),
+        *speed_advice(counts, frozen_bytes(model_args, config), training_args, block_size),
     ]

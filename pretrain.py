@@ -17,6 +17,7 @@ from transformers import set_seed
 import plan_utils
 import report_utils
 from arguments import check_hardware, parse_args, run_script
+from attention_utils import flattens_batches, use_attention
 from data_utils import (FlattenedCollator, PackedCollator, StreamingRows, data_stats_line, describe_documents,
                         stream_through, training_datasets)
 from model_utils import (add_lora, check_adapter_fits, check_lora_modules, check_vocabulary, freeze,
@@ -40,15 +41,11 @@ def setup_logging(training_args):
     transformers.utils.logging.set_verbosity(level)
 
 
-def uses_flash_attention(model_args):
-    return (model_args.attn_implementation or "").startswith(("flash", "kernels-community/flash"))
-
-
 def data_collator(model_args, tokenizer):
-    """Flash-attention reads restarting position_ids as document boundaries only in a batch of one row, and
-    takes no block-diagonal mask: it gets the batch flattened into one row with cu_seq_lens (transformers'
-    padding-free path). sdpa/eager get padded rows and build the document mask from the position_ids."""
-    if uses_flash_attention(model_args):
+    """Varlen and flash-attention kernels take no block-diagonal mask: they get the batch flattened into one row
+    with cu_seq_lens (transformers' padding-free path). sdpa/eager/flex get padded rows and build the document
+    mask from the position_ids."""
+    if flattens_batches(model_args.attn_implementation):
         return FlattenedCollator()
     return PackedCollator(pad_token_id=tokenizer.pad_token_id)
 
@@ -87,6 +84,10 @@ def main(argv=None):
             print("\n".join(lines))
         return None
     check_hardware(model_args, training_args)
+    logger.info("Attention: %s (%s)", *use_attention(model_args, training_args, config))
+    if training_args.device.type == "cuda":
+        for line in plan_utils.advice_for_this_gpu(model_args, training_args, config, tokenizer, block_size):
+            logger.warning(line)
     resume = checkpoint_to_resume(training_args)
     start = time.perf_counter()
     train_dataset, eval_dataset, eval_sizes, stats = training_datasets(data_args, training_args, tokenizer, block_size)
@@ -113,7 +114,7 @@ def main(argv=None):
         result = trainer.train(resume_from_checkpoint=resume)
         if isinstance(train_dataset, StreamingRows):
             logger.info("Documents streamed: %s", describe_documents(train_dataset.stats))
-        result.metrics.update(token_throughput(trainer, result.metrics))
+        result.metrics.update(token_throughput(trainer))
         with disk_full_as_user_error(training_args.output_dir, training_args.output_dir):
             trainer.save_model()  # adapter (with modules_to_save) or full model, plus the tokenizer
         trainer.log_metrics("train", result.metrics)
@@ -124,7 +125,8 @@ def main(argv=None):
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
     if training_args.do_train and trainer.is_world_process_zero():
-        report = report_utils.write_training_report(training_args.output_dir, trainer.state.log_history)
+        report = report_utils.write_training_report(training_args.output_dir, trainer.state.log_history,
+                                                    speed=result.metrics)
         logger.info("Report: %s", report)
     return trainer
 

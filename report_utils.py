@@ -112,23 +112,38 @@ def first_and_last_eval(log_history):
     return (min(by_step), by_step[min(by_step)]), (max(by_step), by_step[max(by_step)])
 
 
-def write_training_report(output_dir, log_history, title="Training report"):
+def speed_line(speed):
+    """The report's line on training speed, from the final metrics (train_tokens_per_second, train_mfu).
+
+    >>> speed_line({"train_tokens_per_second": 31250.5, "train_mfu": 0.4123})
+    'Speed: 31,250 tokens/s (trained tokens, evaluation and saving left out), MFU 41.2%.'
+    """
+    if not speed or "train_tokens_per_second" not in speed:
+        return ""
+    mfu = f", MFU {100 * speed['train_mfu']:.1f}%" if "train_mfu" in speed else ""
+    return (f"Speed: {speed['train_tokens_per_second']:,.0f} tokens/s (trained tokens, evaluation and saving left "
+            f"out){mfu}.")
+
+
+def write_training_report(output_dir, log_history, title="Training report", speed=None):
     """report.md, report.json and PNG plots of a training run from its log: the curves, and the first vs the
-    last evaluation (with --eval_on_start the first is the model before training)."""
+    last evaluation (with --eval_on_start the first is the model before training); speed: the final metrics'
+    tokens/s and MFU."""
     plots = [plot_training(log_history, os.path.join(output_dir, "training.png"), title)]
     first, last = first_and_last_eval(log_history)
     if first is None or first[0] == last[0]:
-        return write_markdown(output_dir, ["# " + title, "", "No evaluation before and after training to compare: "
-                                           "add --eval_files or --validation_split_percentage, with --eval_strategy "
-                                           "steps.", ""], plots)
+        return write_markdown(output_dir, ["# " + title, "", speed_line(speed), "",
+                                           "No evaluation before and after training to compare: add --eval_files or "
+                                           "--validation_split_percentage, with --eval_strategy steps.", ""], plots)
     (before_step, before), (after_step, after) = first, last
     keys = sorted(k for k in before if k in after and k.endswith("_bpb")) or sorted(
         k for k in before if k in after and k.endswith("_loss"))
     plots.append(plot_before_after(before, after, keys, os.path.join(output_dir, "before_after.png"),
                                    f"Held-out sets at step {before_step} and step {after_step}"))
     keys += sorted(k for k in before if k in after and k.endswith("_loss") and k not in keys)
-    return write_report(output_dir, before, after, keys, plots, title=title,
-                        extra={"before_step": before_step, "after_step": after_step})
+    speed = {k: v for k, v in (speed or {}).items() if k in ("train_tokens_per_second", "train_mfu")}
+    return write_report(output_dir, before, after, keys, plots, title=title, extra_md=speed_line(speed) + "\n",
+                        extra={"before_step": before_step, "after_step": after_step, "speed": speed})
 
 
 def read_log_history(output_dir):

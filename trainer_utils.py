@@ -21,6 +21,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, IntervalStrategy, 
 
 from arguments import UserError
 from data_utils import IGNORE_INDEX, PackedCollator, StreamingRows, list_data_files
+from throughput_utils import ThroughputMeter, attention_width, matmul_parameters, peak_tflops
 
 logger = logging.getLogger("pretrain")
 COMPLETE_MARKER = "checkpoint_complete"  # written last: a checkpoint without it is never resumed from
@@ -45,14 +46,35 @@ class PretrainTrainer(Trainer):
     def __init__(self, *args, eval_sizes=None, train_in_order=False, new_rows=None, training_data=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.eval_sizes, self.train_in_order, self.new_rows = eval_sizes or {}, train_in_order, new_rows
-        self.training_data, self.rng_checkpoint = training_data, None
+        self.training_data, self.rng_checkpoint, self.meter = training_data, None, None
 
     def train(self, resume_from_checkpoint=None, **kwargs):
         # transformers restores the random state (dropout) only where it skips the trained batches itself; a
         # streaming run resumes inside its dataset (--ignore_data_skip), so get_batch_samples restores it
         if resume_from_checkpoint and getattr(self.train_dataset, "resume_state", None) is not None:
             self.rng_checkpoint = resume_from_checkpoint
+        self.meter = throughput_meter(self)
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        self.meter.add(inputs, getattr(self.data_collator, "pad_token_id", None))
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    def evaluate(self, *args, **kwargs):
+        with self.not_training():
+            return super().evaluate(*args, **kwargs)
+
+    @contextlib.contextmanager
+    def not_training(self):
+        """Time spent here is left out of tokens/s and MFU."""
+        if self.meter is None:
+            yield
+            return
+        start = self.meter.clock()
+        try:
+            yield
+        finally:
+            self.meter.pause(self.meter.clock() - start)
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         batches = super().get_batch_samples(epoch_iterator, num_batches, device)
@@ -75,20 +97,21 @@ class PretrainTrainer(Trainer):
         limit, self.args.save_total_limit = self.args.save_total_limit, None
         run_dir = self._get_output_dir(trial)
         folder = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-        try:
-            with disk_full_as_user_error(folder, run_dir):
-                super()._save_checkpoint(model, trial)
-        finally:
-            self.args.save_total_limit = limit
-        self.accelerator.wait_for_everyone()
-        if self.args.should_save:
-            with disk_full_as_user_error(folder, run_dir):
-                self.save_data_state(folder)
-                if self.training_data is not None:
-                    with open(os.path.join(folder, TRAINING_DATA), "w") as f:
-                        json.dump(self.training_data, f, indent=1)
-                open(os.path.join(folder, COMPLETE_MARKER), "w").close()
-            rotate_checkpoints(run_dir, limit, self.state.best_model_checkpoint, use_mtime=True)
+        with self.not_training():
+            try:
+                with disk_full_as_user_error(folder, run_dir):
+                    super()._save_checkpoint(model, trial)
+            finally:
+                self.args.save_total_limit = limit
+            self.accelerator.wait_for_everyone()
+            if self.args.should_save:
+                with disk_full_as_user_error(folder, run_dir):
+                    self.save_data_state(folder)
+                    if self.training_data is not None:
+                        with open(os.path.join(folder, TRAINING_DATA), "w") as f:
+                            json.dump(self.training_data, f, indent=1)
+                    open(os.path.join(folder, COMPLETE_MARKER), "w").close()
+                rotate_checkpoints(run_dir, limit, self.state.best_model_checkpoint, use_mtime=True)
 
     def _run_epoch(self, *args, **kwargs):
         # Resumed from the checkpoint of the last step (a run killed in its final save), transformers' epoch loop
@@ -148,6 +171,8 @@ class PretrainTrainer(Trainer):
         return output
 
     def log(self, logs, start_time=None):
+        if "loss" in logs and self.meter is not None:  # a training step's log
+            logs.update(self.meter.interval())
         # evaluate() logs and returns the same dict, so the perplexity lands in both
         for key in [k for k in logs if k.startswith("eval") and k.endswith("_loss")]:
             prefix = key[:-len("_loss")]
@@ -158,11 +183,24 @@ class PretrainTrainer(Trainer):
         super().log(logs, start_time)
 
 
-def token_throughput(trainer, metrics):
-    """Training tokens and tokens/s for the final metrics: every token of the rows (--include_num_input_tokens_seen
-    all; only the last, short row of the data holds padding)."""
-    tokens = trainer.state.num_input_tokens_seen
-    return {"train_tokens": tokens, "train_tokens_per_second": round(tokens / metrics["train_runtime"], 2)}
+def throughput_meter(trainer):
+    """The run's ThroughputMeter: the model's matmul weights and attention width, and the devices' peak for the
+    run's dtype (--peak_tflops, else the table for a known GPU; none on a CPU: no MFU)."""
+    args, model = trainer.args, trainer.model
+    dtype = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else next(model.parameters()).dtype
+    peak = args.peak_tflops
+    if peak is None and torch.cuda.is_available():
+        peak = peak_tflops(torch.cuda.get_device_name(), dtype)
+    return ThroughputMeter(*matmul_parameters(model), attention_width(model.config), peak and peak * 1e12,
+                           lambda counts: trainer.accelerator.reduce(counts, reduction="sum"), args.world_size,
+                           args.device)
+
+
+def token_throughput(trainer):
+    """The final metrics' train_tokens (trained tokens, padding excluded, every process), train_tokens_per_second
+    (over the time spent training, evaluation and saving left out) and train_mfu where there is a peak."""
+    trainer.meter.interval()  # the steps since the last log
+    return trainer.meter.totals()
 
 
 def train_new_embeddings(model, num_old, training_args, train_dataset, tokenizer):

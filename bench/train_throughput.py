@@ -91,8 +91,11 @@ def worker(recipe, out, flags):
     tokens, runtime = (run_toolkit if recipe == "toolkit" else run_clm)(flags, out)
     rank = int(os.environ.get("RANK", 0))
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    import torch
+
+    gpu_gib = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
     with open(os.path.join(out, f"bench-rank{rank}.json"), "w") as f:
-        json.dump({"tokens": tokens, "runtime": runtime, "peak_rss_mib": peak_mib}, f)
+        json.dump({"tokens": tokens, "runtime": runtime, "peak_rss_mib": peak_mib, "peak_gpu_gib": gpu_gib}, f)
 
 
 def free_port():

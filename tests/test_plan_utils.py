@@ -103,3 +103,27 @@ def test_memory_estimate_follows_the_zero_stage(tmp_path, no_deepspeed_left):
     assert zero3[1] < zero2[1] < ddp[1]
     lora = plan_utils.gpu_memory((10_000, params, largest), 2, ds_args(tmp_path, 3), 4, 1)
     assert lora[1] < zero3[1] and lora[1] > 2 * (params - 10_000) // 4  # frozen weights are sharded too
+
+
+def test_advice_on_small_micro_batches_and_needless_zero3(tmp_path, no_deepspeed_left):
+    """The measured cases: a 1.7B model in 512-token micro-batches (7 ms of arithmetic at an H200's peak), and
+    ZeRO-3 for a LoRA run whose states fit on one GPU; 4 x 2048 tokens and ZeRO-2 draw no advice."""
+    counts = (20_000_000, 1_700_000_000, 100_000_000)  # LoRA: 20M trained of 1.7B
+    seed = parse_args(["--output_dir", str(tmp_path), "--per_device_train_batch_size", "1"])[2]
+    small, = plan_utils.speed_advice(counts, 2, seed, 512)
+    assert "a micro-batch of 512 tokens is 5 ms of arithmetic for 1.70B parameters on an H100-class GPU" in small
+    assert "raise --per_device_train_batch_size to 19 or more" in small  # 19 x 512 tokens: 100 ms
+    large = parse_args(["--output_dir", str(tmp_path), "--per_device_train_batch_size", "4"])[2]
+    assert plan_utils.speed_advice(counts, 2, large, 2048) == []
+    assert plan_utils.speed_advice(counts, 2, large, 2048, peak=989e12 / 10) == []  # a slower GPU: still fine
+    zero3, = plan_utils.speed_advice(counts, 2, ds_args(tmp_path, 3), 8192)
+    assert "ZeRO-3 gathers every layer's weights at every step, but the model states fit on one GPU (3.5 GiB" in zero3
+    assert "--deepspeed ds_configs/zero2_no_offload.json" in zero3
+    assert plan_utils.speed_advice(counts, 2, ds_args(tmp_path, 3), 8192, gpu_bytes=4 * 2**30) == []  # no room
+    assert plan_utils.speed_advice(counts, 2, ds_args(tmp_path, 2), 8192) == []
+
+
+def test_the_dry_run_gives_the_advice(tiny_model_dir, corpus_dir, tmp_path, capsys):
+    pretrain.main(["--model_name_or_path", tiny_model_dir, "--dataset_dir", corpus_dir, "--output_dir",
+                   str(tmp_path / "out"), "--block_size", "32", "--dry_run"])
+    assert "advice: a micro-batch of 256 tokens is 0 ms of arithmetic" in capsys.readouterr().out  # 8 x 32 tokens

@@ -87,6 +87,8 @@ def test_training_ends_with_a_report_of_every_eval_set_before_and_after(tiny_mod
         assert set(report["before"]) >= {f"{name}_loss", f"{name}_perplexity"}
     md = (out / "report.md").read_text(encoding="utf-8")
     assert "| domain_bpb |" in md and "![training.png](training.png)" in md
+    speed = json.loads((out / "train_results.json").read_text())["train_tokens_per_second"]
+    assert report["speed"] == {"train_tokens_per_second": speed} and f"Speed: {speed:,.0f} tokens/s" in md
     for png in ("training.png", "before_after.png"):
         assert coloured_pixels(out / png) > 500  # curves and bars drawn, not empty axes
 
