@@ -62,6 +62,32 @@ def run_script_process(script, argv):
         sys.exit(proc.returncode)
 
 
+NOT_A_RECIPE = {"output_dir", "overwrite_output_dir", "logging_dir", "token", "hub_token", "use_auth_token",
+               "push_to_hub_token", "resume_from_checkpoint", "dry_run", "prepare_data_only", "disable_tqdm",
+               # set from other flags on this machine (bf16 on a CPU), not chosen
+               "use_cpu", "dataloader_pin_memory", "label_names"}
+
+
+def recipe_flags(*groups):
+    """The flags of a run that differ from their defaults, as a config file takes them ({name: value}): what
+    the model card shows and `pretrain.py CONFIG` runs again. Tokens, the output folder and one-off switches
+    are left out."""
+    recipe = {}
+    for group in groups:
+        for f in fields(group):
+            if not f.init or f.name in NOT_A_RECIPE or f.name.startswith("_"):
+                continue
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            value = getattr(group, f.name)
+            value = value.value if hasattr(value, "value") and not isinstance(value, (int, float)) else value
+            default = default.value if hasattr(default, "value") and not isinstance(default, (int, float)) else default
+            if default is None and value is False:  # an unset switch the Trainer filled in
+                continue
+            if value != default and isinstance(value, (str, int, float, bool, list, dict)) and value not in ([], {}):
+                recipe[f.name] = value
+    return recipe
+
+
 def split_list(value):
     """'a, b,,c' -> ['a', 'b', 'c']; None -> []."""
     return [part.strip() for part in (value or "").split(",") if part.strip()]
@@ -314,6 +340,11 @@ class DataArguments:
     keep_linebreaks: bool = field(
         default=True,
         metadata={"help": "Keep single line breaks inside .txt documents. Off: join a document's lines with spaces."},
+    )
+    language: Optional[str] = field(
+        default=None,
+        metadata={"help": "Languages of the training text as ISO 639-1 codes (vi,en), for the model card's language "
+                  "tag. Off: no language tag."},
     )
     min_doc_chars: int = field(
         default=10,

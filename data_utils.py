@@ -38,6 +38,7 @@ import os
 import re
 import shutil
 import socket
+import sys
 import unicodedata
 from collections import Counter
 from collections.abc import Callable
@@ -1265,6 +1266,22 @@ class KeptShard:
     tokenized: Callable
 
 
+def progress(desc, total=None, unit="it", **kwargs):
+    """A progress bar for long work, off wherever transformers' bars are off (--disable_tqdm turns them off).
+    On a terminal it redraws and vanishes when done; in a log file it writes a line every 30 seconds and its
+    last state on a line of its own, so what follows (an error) starts a line."""
+    from transformers.utils.logging import tqdm
+
+    terminal = sys.stderr.isatty()
+    return tqdm(desc=desc, total=total, unit=unit, unit_scale=unit == "B", dynamic_ncols=True, leave=not terminal,
+                mininterval=0.5 if terminal else 30, **kwargs)
+
+
+def shard_bytes(shard):
+    path, start, end = shard
+    return (os.path.getsize(path) if end is None else end) - start
+
+
 def read_clean_documents(paths, data_args, stats, workers, max_documents=None, extra=None):
     """Read every path (and an already loaded dataset `extra`, first), clean, dedupe: corpus_pairs' documents
     by the same steps (shard_documents, unique_documents), a KeptShard for each shard, in order. At most
@@ -1284,11 +1301,16 @@ def read_clean_documents(paths, data_args, stats, workers, max_documents=None, e
     else:
         parts = itertools.chain(parts, workers.map(clean_shard, shards))
     kept_shards, seen, near = [], set(), near_duplicates(data_args)
-    for texts, digests, part_stats in parts:
-        stats.update(part_stats)
-        kept = list(unique_documents(zip(texts, digests), stats, near, seen))
-        texts = [t for t, _ in kept]
-        kept_shards.append(KeptShard(texts, [d for _, d in kept], workers.submit(Documents.tokenized, texts)))
+    sizes = [0] * (extra is not None) + [shard_bytes(shard) for shard in shards]
+    with progress("reading " + (", ".join(paths) if len(paths) == 1 else f"{len(paths)} paths"), sum(sizes),
+                  "B") as bar:
+        for (texts, digests, part_stats), size in zip(parts, sizes):
+            stats.update(part_stats)
+            kept = list(unique_documents(zip(texts, digests), stats, near, seen))
+            texts = [t for t, _ in kept]
+            kept_shards.append(KeptShard(texts, [d for _, d in kept], workers.submit(Documents.tokenized, texts)))
+            bar.update(size)
+            bar.set_postfix(documents=stats["read"], kept=stats["kept"], refresh=False)
     return kept_shards
 
 
@@ -1387,15 +1409,18 @@ def write_rows(folder, block_size, shards, names=("train",), held=None):
     with contextlib.ExitStack() as stack:
         writers = [stack.enter_context(RowWriter(split_file(folder, name), block_size, name)) for name in names]
         start = 0
+        bar = stack.enter_context(progress(f"tokenizing {names[0]}", sum(len(s.texts) for s in shards), "documents"))
         for shard in shards:
             documents = shard.tokenized()
             if held is None:
                 writers[0].add(documents)
-                continue
-            keep = held[start:start + len(documents.texts)]
-            start += len(documents.texts)
-            writers[0].add(documents.subset(~keep))
-            writers[1].add(documents.subset(keep))
+            else:
+                keep = held[start:start + len(documents.texts)]
+                start += len(documents.texts)
+                writers[0].add(documents.subset(~keep))
+                writers[1].add(documents.subset(keep))
+            bar.update(len(documents.texts))
+            bar.set_postfix(tokens=f"{sum(w.counts['tokens'] for w in writers):,}", refresh=False)
         return {k: v for writer in writers for k, v in writer.stats().items()}
 
 

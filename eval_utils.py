@@ -18,7 +18,7 @@ from collections import Counter
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from transformers.utils.logging import tqdm  # off where transformers' bars are off
 
 from arguments import DataArguments, UserError
 from data_utils import IGNORE_INDEX, PackedCollator, corpus_documents

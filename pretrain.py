@@ -16,7 +16,7 @@ from transformers import set_seed
 
 import plan_utils
 import report_utils
-from arguments import check_hardware, parse_args, run_script
+from arguments import check_hardware, parse_args, recipe_flags, run_script
 from attention_utils import flattens_batches, use_attention
 from data_utils import (FlattenedCollator, PackedCollator, StreamingRows, data_stats_line, describe_documents,
                         stream_through, training_datasets)
@@ -39,6 +39,9 @@ def setup_logging(training_args):
         log.setLevel(ours)
     datasets.utils.logging.set_verbosity(level)
     transformers.utils.logging.set_verbosity(level)
+    if training_args.disable_tqdm:  # our own bars (data preparation) follow transformers' switch
+        transformers.utils.logging.disable_progress_bar()
+        datasets.disable_progress_bars()
 
 
 def data_collator(model_args, tokenizer):
@@ -68,6 +71,7 @@ def trainable_model(model_args, config, tokenizer, base_tokenizer, training_args
 
 def main(argv=None):
     model_args, data_args, training_args = parse_args(argv)
+    recipe = recipe_flags(model_args, data_args, training_args)  # as given: choices made below are this machine's
     setup_logging(training_args)
     start_from_checkpoint(model_args, training_args)
     config = load_config(model_args)
@@ -128,6 +132,11 @@ def main(argv=None):
         report = report_utils.write_training_report(training_args.output_dir, trainer.state.log_history,
                                                     speed=result.metrics)
         logger.info("Report: %s", report)
+        documents = stats if stats is not None else getattr(train_dataset, "stats", None)  # streamed: counted now
+        report_utils.write_model_card(training_args.output_dir, model_args.model_name_or_path or model_args.config_name,
+                                      not training_args.full_finetuning,
+                                      recipe, stats,
+                                      describe_documents(documents) if documents else "", report)
     return trainer
 
 

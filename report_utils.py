@@ -151,3 +151,59 @@ def read_log_history(output_dir):
     first_and_last_eval read."""
     with open(os.path.join(output_dir, "trainer_state.json"), encoding="utf-8") as f:
         return json.load(f)["log_history"]
+
+
+def data_table(stats):
+    """Markdown table of the prepared splits (train, validation, eval_*): documents, tokens, UTF-8 bytes."""
+    splits = [key[:-len("_documents")] for key in stats if key.endswith("_documents")]
+    lines = ["| split | documents | tokens | bytes |", "| --- | ---: | ---: | ---: |"]
+    return "\n".join(lines + [f"| {name} | {stats[name + '_documents']:,} | {stats.get(name + '_tokens', 0):,} | "
+                              f"{stats.get(name + '_bytes', 0):,} |" for name in splits])
+
+
+def model_card_header(base_model, adapter, languages):
+    """The YAML header the Hugging Face Hub reads. base_model only when it names a Hub model, not a local
+    folder."""
+    import yaml
+
+    header = {"library_name": "peft" if adapter else "transformers", "pipeline_tag": "text-generation",
+              "tags": ["continued-pretraining"] + (["lora"] if adapter else [])}
+    if base_model and not os.path.exists(base_model):
+        header["base_model"] = base_model
+    if languages:
+        header["language"] = languages
+    return "---\n" + yaml.safe_dump(header, sort_keys=True, allow_unicode=True) + "---\n"
+
+
+def write_model_card(output_dir, base_model, adapter, recipe, stats=None, cleaning="", report_md=None):
+    """README.md in the Hugging Face model-card format, so that uploading output_dir gives a complete model page:
+    the header, the training data (splits, cleaning), the recipe as a config file pretrain.py runs again, the
+    report (before/after table, speed, plots) and how to load the model."""
+    import yaml
+
+    languages = [code.strip() for code in str(recipe.get("language") or "").split(",") if code.strip()]
+    what = "a LoRA adapter" if adapter else "the full model"
+    md = [model_card_header(base_model, adapter, languages),
+          f"# {os.path.basename(os.path.abspath(output_dir))}", "",
+          f"Continued pretraining of `{base_model}`; this folder holds {what} and its tokenizer.", "",
+          "## Training data", ""]
+    md += [data_table(stats), ""] if stats else ["Streamed: no prepared splits to count.", ""]
+    md += [f"Documents: {cleaning}.", ""] if cleaning else []
+    md += ["## Recipe", "", "The flags that differ from the defaults, as a config file: `python pretrain.py "
+           "recipe.yaml --output_dir NEW_DIR` runs it again.", "", "```yaml",
+           yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True).rstrip(), "```", ""]
+    if report_md and os.path.exists(report_md):
+        with open(report_md, encoding="utf-8") as f:
+            body = f.read().split("\n", 1)[1]  # its own title goes
+        md += ["## Results", body]
+    load = (["from peft import AutoPeftModelForCausalLM", "from transformers import AutoTokenizer", "",
+             "model = AutoPeftModelForCausalLM.from_pretrained(FOLDER)  # the base model, then this adapter",
+             "# or merged into a plain model: python merge_lora.py --base_model BASE --lora_model FOLDER "
+             "--output_dir MERGED"] if adapter else
+            ["from transformers import AutoModelForCausalLM, AutoTokenizer", "",
+             "model = AutoModelForCausalLM.from_pretrained(FOLDER)"])
+    md += ["## How to load", "", "```python", *load, "tokenizer = AutoTokenizer.from_pretrained(FOLDER)", "```", ""]
+    path = os.path.join(output_dir, "README.md")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(md))
+    return path

@@ -23,6 +23,7 @@ import unicodedata
 from collections import Counter
 
 import torch
+from transformers.utils.logging import is_progress_bar_enabled
 
 from arguments import UserError
 
@@ -122,7 +123,7 @@ def continued_bpe_merges(words, num_merges):
     bpe.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     trainer = trainers.BpeTrainer(vocab_size=len(symbols) + num_merges, min_frequency=MIN_PAIR_COUNT,
                                   initial_alphabet=list(char_of.values()), limit_alphabet=len(symbols),
-                                  show_progress=False)
+                                  show_progress=is_progress_bar_enabled())  # the tokenizers library's own bar
     lines = (" ".join(["".join(char_of[t] for t in word)] * count) for word, count in words.items() if len(word) > 1)
     bpe.train_from_iterator(lines, trainer)
     merges = json.loads(bpe.to_str())["model"]["merges"]

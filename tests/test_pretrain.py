@@ -362,3 +362,20 @@ def test_streaming_resume_continues_at_the_next_unseen_row(tiny_model_dir, tmp_p
     # steps 3 and 4 get the rows of the uninterrupted run, and no batch before them was made again (the
     # Trainer's own skip would collate steps 1 and 2 first and throw them away)
     assert seen[:2] == uninterrupted[2:4]
+
+
+@pytest.mark.parametrize("quiet", [False, True], ids=["bars", "disable_tqdm"])
+def test_data_preparation_shows_progress_unless_disable_tqdm(tiny_model_dir, corpus_dir, tmp_path, capfd, quiet):
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    try:
+        pretrain.main(base_flags(tiny_model_dir, tmp_path / "out", "--dataset_dir", corpus_dir, "--prepare_data_only",
+                                 *(["--disable_tqdm", "true"] if quiet else [])))
+    finally:  # the switch is global: later tests get their bars back
+        hf_logging.enable_progress_bar()
+        datasets.enable_progress_bars()
+    err = capfd.readouterr().err
+    size = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(corpus_dir) for f in files)
+    shown = [f"reading {corpus_dir}: ", f"0.00/{size} [", "B/s]", "tokenizing train: ", "0/8 [", "documents/s]"]
+    assert [text in err for text in shown] == [not quiet] * len(shown), err[-2000:]  # the bytes, the documents

@@ -5,6 +5,7 @@ import json
 import os
 
 import pytest
+from transformers import AutoTokenizer
 
 from arguments import UserError, parse_args
 from conftest import coloured_pixels
@@ -117,3 +118,60 @@ def test_eval_files_as_a_yaml_mapping(tiny_model_dir, corpus_dir, tmp_path):
                       f"eval_files:\n  domain: {corpus_dir}/a.txt\n  general: {corpus_dir}/c.json\n", encoding="utf-8")
     _, data_args, _ = parse_args([str(config)])
     assert data_args.named_eval_files == {"domain": f"{corpus_dir}/a.txt", "general": f"{corpus_dir}/c.json"}
+
+
+@pytest.mark.parametrize("full", [False, True], ids=["lora", "full"])
+def test_every_run_writes_a_model_card_the_hub_reads_and_whose_recipe_runs_again(tiny_model_dir, corpus_dir, tmp_path,
+                                                                                  full):
+    import yaml
+
+    from data_utils import prepare_datasets
+
+    general = tmp_path / "general.txt"
+    general.write_text("The quick brown fox jumps over the lazy dog, again.\n", encoding="utf-8")
+    out = tmp_path / "out"
+    run(tiny_model_dir, corpus_dir, out, "--max_steps", "2", "--eval_strategy", "steps", "--eval_steps", "2",
+        "--eval_files", f"general={general}", "--language", "vi,en", "--token", "hf_secret",
+        *(["--full_finetuning"] if full else []))
+    card = (out / "README.md").read_text(encoding="utf-8")
+    _, header, body = card.split("---\n", 2)
+    assert yaml.safe_load(header) == {"library_name": "transformers" if full else "peft",
+                                      "pipeline_tag": "text-generation", "language": ["vi", "en"],
+                                      "tags": ["continued-pretraining"] + ([] if full else ["lora"])}
+    assert "hf_secret" not in card and f"Continued pretraining of `{tiny_model_dir}`" in body
+    # the data table has the prepared splits' counts
+    stats = prepare_datasets(parse_args(["--output_dir", str(out), "--dataset_dir", corpus_dir, "--eval_files",
+                                          f"general={general}", "--data_cache_dir", str(out) + "-cache"])[1],
+                             AutoTokenizer.from_pretrained(tiny_model_dir), 32)[1]
+    assert f"| train | {stats['train_documents']:,} | {stats['train_tokens']:,} | {stats['train_bytes']:,} |" in body
+    assert "| eval_general | 1 |" in body and "Documents: 8 read, 8 kept" in body
+    # the recipe block is a config file that runs again with the same settings
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(body.split("```yaml\n")[1].split("```")[0], encoding="utf-8")
+    model_args, data_args, training_args = parse_args([str(recipe), "--output_dir", str(tmp_path / "again")])
+    assert (training_args.learning_rate, training_args.max_steps, data_args.block_size) == (1e-2, 2, 32)
+    assert (model_args.model_name_or_path, training_args.full_finetuning) == (tiny_model_dir, full)
+    assert model_args.attn_implementation is None  # the kernel this machine chose is not part of the recipe
+    assert "| general_bpb |" in body and "![before_after.png](before_after.png)" in body and "Speed: " in body
+    assert ("AutoModelForCausalLM.from_pretrained(FOLDER)" if full else "AutoPeftModelForCausalLM") in body
+
+
+def test_tensorboard_shows_every_figure_we_log(tiny_model_dir, corpus_dir, tmp_path):
+    """--report_to tensorboard: each eval set's loss, perplexity and bits per byte, tokens/s, MFU and the
+    learning rate, read back from the event files."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    general = tmp_path / "general.txt"
+    general.write_text("The quick brown fox jumps over the lazy dog, again.\n", encoding="utf-8")
+    out = tmp_path / "out"
+    run(tiny_model_dir, corpus_dir, out, "--max_steps", "2", "--eval_strategy", "steps", "--eval_steps", "2",
+        "--eval_files", f"general={general}", "--report_to", "tensorboard", "--peak_tflops", "1")
+    folders = {f.parent for f in out.rglob("events.out.tfevents.*")}
+    assert len(folders) == 1, folders  # out/runs/<time>_<host>
+    events = EventAccumulator(str(folders.pop())).Reload()
+    tags = set(events.Tags()["scalars"])
+    for name in ("general", "validation"):
+        assert {f"eval/{name}_loss", f"eval/{name}_perplexity", f"eval/{name}_bpb"} <= tags, sorted(tags)
+    assert {"train/loss", "train/learning_rate", "train/tokens_per_second", "train/mfu"} <= tags, sorted(tags)
+    assert [e.step for e in events.Scalars("train/tokens_per_second")] == [1, 2]
+    assert {e.step for e in events.Scalars("eval/general_bpb")} == {0, 2}  # before training, and at the end
