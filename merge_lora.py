@@ -1,21 +1,25 @@
 """Merge a LoRA adapter (with its modules_to_save) into its base model and save a plain model folder.
 
     python merge_lora.py --base_model BASE --lora_model ADAPTER --output_dir MERGED [--gguf_file F] \\
-        [--overwrite_output_dir]
+        [--gguf f16,q8_0 [--gguf_eval_files name=held_out.jsonl]] [--overwrite_output_dir]
 
 The result loads with AutoModelForCausalLM.from_pretrained (and vLLM); the adapter's tokenizer is saved beside
-it, and tied input/output embeddings stay tied. MERGED appears only once complete; an existing non-empty MERGED
-is refused unless --overwrite_output_dir, which replaces only the files written here.
+it, and tied input/output embeddings stay tied, and so is the adapter's model card (README.md). With --gguf, the
+merged model is also written as GGUF files (model-TYPE.gguf) by llama.cpp's converter, each checked as
+export_gguf.py checks it (gguf_utils). MERGED appears only once complete, GGUF files checked; an existing
+non-empty MERGED is refused unless --overwrite_output_dir, which replaces only the files written here.
 """
 
 import argparse
 import json
 import os
+import shutil
 import sys
 
 from transformers import AutoConfig
 
-from arguments import UserError, run_script
+import gguf_utils
+from arguments import DataArguments, UserError, run_script
 from model_utils import merged_model
 from output_utils import check_output_dir, staged_output_dir
 
@@ -69,6 +73,10 @@ def parse_args(argv):
     parser.add_argument("--gguf_file", help="GGUF file inside --base_model, if the base is a GGUF.")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                         help="dtype of the merged weights.")
+    parser.add_argument("--gguf", help="Also write the merged model as GGUF files of these types (comma list of "
+                        f"{', '.join(gguf_utils.OUTTYPES)}), each checked against the merged model (export_gguf.py).")
+    parser.add_argument("--gguf_eval_files", help="name=path,... of held-out text the GGUF files are checked on. "
+                        "Default: general=examples/demo/eval/general_heldout.jsonl.")
     return parser.parse_args(argv)
 
 
@@ -77,13 +85,38 @@ def main(argv=None):
     check_output_dir(args.output_dir, args.overwrite_output_dir,
                      [("--base_model", args.base_model), ("--lora_model", args.lora_model)])
     check_adapter_folder(args.lora_model, "--lora_model")
+    gguf_types, eval_texts = gguf_inputs(args)
     config = base_config(args.base_model, args.gguf_file)
     model, tokenizer = merged_model(args.base_model, args.lora_model, args.gguf_file, args.dtype, config)
     with staged_output_dir(args.output_dir) as folder:  # a crash leaves nothing half-written at --output_dir
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
+        card = os.path.join(args.lora_model, "README.md")
+        if os.path.isfile(card):  # the training run's model card
+            shutil.copyfile(card, os.path.join(folder, "README.md"))
+        if gguf_types:
+            del model  # the check loads the merged model from the folder
+            report = gguf_utils.export(folder, gguf_types, folder, eval_texts, args.base_model, args.gguf_file,
+                                       label="the merged model",
+                                       name=os.path.basename(os.path.abspath(args.output_dir)))
+            print("\n".join(gguf_utils.summary(report)))
     print(f"merged model written to {args.output_dir}")
     return 0
+
+
+def gguf_inputs(args):
+    """(GGUF types, {name: held-out documents}) for --gguf, read before any model loads; ([], {}) without it."""
+    if args.gguf is None:
+        if args.gguf_eval_files:
+            raise UserError("--gguf_eval_files: the GGUF files are checked on them; give --gguf TYPES too")
+        return [], {}
+    from eval_utils import read_eval_inputs
+
+    types = gguf_utils.parse_outtypes(args.gguf, "--gguf")
+    paths = gguf_utils.eval_file_paths(args.gguf_eval_files, "--gguf_eval_files")
+    gguf_utils.converter_script()
+    texts, _ = read_eval_inputs(paths, rules=DataArguments())
+    return types, texts
 
 
 if __name__ == "__main__":

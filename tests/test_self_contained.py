@@ -45,7 +45,7 @@ def test_every_bench_starts(bench):
     assert proc.returncode == 0 and "usage:" in proc.stdout, proc.stderr[-2000:]
 
 
-SCRIPTS = {"pretrain", "merge_lora", "evaluate_lm", "extend_tokenizer"}
+SCRIPTS = {"pretrain", "merge_lora", "evaluate_lm", "extend_tokenizer", "export_gguf", "llama_cpp_convert"}
 
 
 def imported_modules(path):
