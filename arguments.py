@@ -341,6 +341,13 @@ class DataArguments:
         default=True,
         metadata={"help": "Keep single line breaks inside .txt documents. Off: join a document's lines with spaces."},
     )
+    txt_documents: str = field(
+        default="paragraphs",
+        metadata={"help": "What a document is in a .txt file: 'paragraphs' (each block between blank lines: its own "
+                  "EOS, no view of the block before, held out and deduplicated alone) or 'file' (the whole file, "
+                  "read into memory; its paragraphs read as one text, as LitGPT reads .txt files).",
+                  "choices": ["paragraphs", "file"]},
+    )
     language: Optional[str] = field(
         default=None,
         metadata={"help": "Languages of the training text as ISO 639-1 codes (vi,en), for the model card's language "

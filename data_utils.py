@@ -196,10 +196,13 @@ def parse_json_line(line, path, lineno):
         raise UserError(f"{path}:{lineno}:{e.colno}: invalid JSON: {e.msg}") from None
 
 
-def read_text(path, keep_linebreaks, skipped=None, start=0, end=None):
+def read_text(path, keep_linebreaks, skipped=None, start=0, end=None, whole_file=False):
     """Documents of a .txt file, read a block of whole documents at a time so that a file may be larger than
     memory; a document with bytes that are not UTF-8 stops the run, or with --skip_bad_records is skipped and
-    counted."""
+    counted. whole_file (--txt_documents file): the file is one document, read whole."""
+    if whole_file:
+        yield from whole_text_document(path, keep_linebreaks, skipped)
+        return
     for offset, block in text_blocks(path, start, end):
         try:
             text = block.decode("utf-8")
@@ -210,6 +213,23 @@ def read_text(path, keep_linebreaks, skipped=None, start=0, end=None):
             yield from line_documents(lines, path, keep_linebreaks, skipped)
             continue
         yield from split_text_documents(text, keep_linebreaks)
+
+
+def whole_text_document(path, keep_linebreaks, skipped):
+    """A .txt file as one document: its paragraphs as read_text reads them (a paragraph with bytes that are not
+    UTF-8 stops the run naming its line, or with --skip_bad_records is left out and counted), joined by one
+    blank line.
+
+    >>> import tempfile
+    >>> with tempfile.NamedTemporaryFile("wb", suffix=".txt") as f:
+    ...     _ = f.write(b"Title\\r\\n\\r\\nFirst line\\nsecond line\\n\\n\\n")
+    ...     _ = f.flush()
+    ...     list(whole_text_document(f.name, True, None)), list(whole_text_document(f.name, False, None))
+    (['Title\\n\\nFirst line\\nsecond line'], ['Title\\n\\nFirst line second line'])
+    """
+    text = "\n\n".join(read_text(path, keep_linebreaks, skipped))
+    if text:
+        yield text
 
 
 def line_documents(lines, path, keep_linebreaks, skipped):
@@ -311,11 +331,11 @@ def is_blank_line(raw):
     return not raw.rstrip(b"\r\n").strip(b" \t")
 
 
-def data_shards(paths, pieces, max_bytes=SHARD_BYTES):
+def data_shards(paths, pieces, max_bytes=SHARD_BYTES, cut_txt=True):
     """(path, start byte, end byte or None) parts of the data files, about `pieces` of equal size in all (more
     when they would be over max_bytes), each a whole number of documents: .txt files are cut after a blank
-    line, .jsonl files after a line end; other files are not cut. Reading the shards one after another gives
-    the documents of reading the files.
+    line (unless not cut_txt: --txt_documents file), .jsonl files after a line end; other files are not cut.
+    Reading the shards one after another gives the documents of reading the files.
 
     >>> data_shards(["a.txt"], 1)  # one piece: every file whole
     [('a.txt', 0, None)]
@@ -327,7 +347,7 @@ def data_shards(paths, pieces, max_bytes=SHARD_BYTES):
     shards = []
     for path, size in zip(paths, sizes):
         cuts = [0]
-        if path.endswith((".txt", ".jsonl")):
+        if path.endswith((".txt", ".jsonl") if cut_txt else ".jsonl"):
             with open(path, "rb") as f:
                 for approx in range(step, size, step):
                     if approx > cuts[-1] and (cut := document_boundary(f, approx, path.endswith(".txt"))) < size:
@@ -383,13 +403,15 @@ def read_table(dataset, text_column, where):
         yield from (t or "" for t in batch[column])
 
 
-def read_documents(path, text_column=None, keep_linebreaks=True, skipped=None, start=0, end=None):
+def read_documents(path, text_column=None, keep_linebreaks=True, skipped=None, start=0, end=None,
+                   txt_documents="paragraphs"):
     """Yield the raw documents of one data path, in file order (of .txt and .jsonl files, those in the bytes
     [start, end) that data_shards chose). skipped: None stops at the first bad record (a UserError naming
     file and line); a Counter skips bad records (and unreadable .json, .csv and .parquet files and
-    save_to_disk folders, whole) and counts them."""
+    save_to_disk folders, whole) and counts them. txt_documents: a .txt file's documents are its blank-line
+    paragraphs, or the whole file ("file")."""
     if path.endswith(".txt"):
-        yield from read_text(path, keep_linebreaks, skipped, start, end)
+        yield from read_text(path, keep_linebreaks, skipped, start, end, whole_file=txt_documents == "file")
     elif path.endswith(".jsonl"):
         yield from read_jsonl(path, text_column, skipped, start, end)
     elif is_saved_dataset(path) or path.endswith((".json", ".csv", ".parquet")):
@@ -529,11 +551,12 @@ def near_duplicates(data_args):
 
 def shard_documents(shard, data_args, stats, limit=None):
     """(text, digest) of each document of one of data_shards' (path, start, end) that cleaned_documents keeps,
-    read under the run's rules: --text_column, --keep_linebreaks, --min_doc_chars, and a bad record stopping
-    the run or, with --skip_bad_records, skipped and counted in stats. At most limit documents are read."""
+    read under the run's rules: --text_column, --keep_linebreaks, --txt_documents, --min_doc_chars, and a bad
+    record stopping the run or, with --skip_bad_records, skipped and counted in stats. At most limit documents
+    are read."""
     path, start, end = shard
     texts = read_documents(path, data_args.text_column, data_args.keep_linebreaks,
-                           stats if data_args.skip_bad_records else None, start, end)
+                           stats if data_args.skip_bad_records else None, start, end, data_args.txt_documents)
     return cleaned_documents(itertools.islice(texts, limit), stats, data_args.min_doc_chars)
 
 
@@ -1293,7 +1316,8 @@ def read_clean_documents(paths, data_args, stats, workers, max_documents=None, e
     if extra is not None:
         texts = itertools.islice(read_table(extra, data_args.text_column, data_args.dataset_name), max_documents)
         parts.append(cleaned_part(cleaned_documents(texts, extra_stats, data_args.min_doc_chars), extra_stats))
-    shards = data_shards(list_data_files(paths), workers.pieces) if paths else []
+    shards = data_shards(list_data_files(paths), workers.pieces,
+                         cut_txt=data_args.txt_documents == "paragraphs") if paths else []
     if max_documents:  # one file after another, in this process, until max_documents are read
         for shard in shards:
             if (left := max_documents - sum(part[2]["read"] for part in parts)) > 0:
@@ -1463,7 +1487,8 @@ def prepare_datasets(data_args, tokenizer, block_size, max_documents=None):
     if not (data_args.training_paths or data_args.dataset_name):
         raise UserError("no training data given; use --dataset_dir, --train_file(s) or --dataset_name")
     extra = None
-    options = {k: getattr(data_args, k) for k in ("text_column", "keep_linebreaks", "validation_split_percentage",
+    options = {k: getattr(data_args, k) for k in ("text_column", "keep_linebreaks", "txt_documents",
+                                                  "validation_split_percentage",
                                                   "min_doc_chars", "near_dedup_threshold", "skip_bad_records")}
     options.update(block_size=block_size, max_documents=max_documents)
     if data_args.dataset_name:

@@ -89,6 +89,9 @@ def parse(argv):
     parser.add_argument("--min_doc_chars", type=int, default=DataArguments.min_doc_chars,
                         help="Drop --eval_files documents shorter than this many characters after cleaning, as "
                         "pretrain.py does with the same flag; 1: drop only empty ones.")
+    parser.add_argument("--txt_documents", default=DataArguments.txt_documents, choices=["paragraphs", "file"],
+                        help="What a document is in a .txt eval file, as pretrain.py's flag: each blank-line "
+                        "paragraph scored alone, or the whole file as one text.")
     parser.add_argument("--prompts", nargs="*", default=[], help="Prompts to complete greedily, shown side by side.")
     parser.add_argument("--output_dir", required=True, help="Where report.json and report.md are written.")
     parser.add_argument("--block_size", type=int, help="Tokens the model reads a window. Default: its context, "
@@ -110,7 +113,7 @@ def main(argv=None):
     if not eval_files and not probe_files:
         raise UserError("nothing to evaluate: give --eval_files name=path,... and/or --probes name=path,...")
     rules = DataArguments(text_column=args.text_column, min_doc_chars=args.min_doc_chars,
-                          skip_bad_records=args.skip_bad_records)
+                          skip_bad_records=args.skip_bad_records, txt_documents=args.txt_documents)
     texts, probes = read_eval_inputs(eval_files, probe_files, rules)
     models = named_paths(args.model_name_or_path, "--model_name_or_path", folder_name)
     base = next(iter(models.values()))

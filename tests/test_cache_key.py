@@ -20,6 +20,7 @@ def corpus(tmp_path):
     (data / "b.jsonl").write_text(json.dumps({"text": "A short one.", "body": "Another body."}) + "\n"
                                   + json.dumps({"text": "Record 3:\nline two of it", "body": "Body 3."}) + "\n"
                                   + '{"text": broken\n', encoding="utf-8")
+    (data / "c.txt").write_text("A paragraph of c.\n\nAnother paragraph of c.\n", encoding="utf-8")
     (tmp_path / "held.txt").write_text("Held-out text for evaluation.\n", encoding="utf-8")
     return tmp_path
 
@@ -29,6 +30,7 @@ BASE = dict(validation_split_percentage=10, skip_bad_records=True)
 CHANGES = {
     "text_column": {"text_column": "body"},
     "keep_linebreaks": {"keep_linebreaks": False},
+    "txt_documents": {"txt_documents": "file"},
     "validation_split_percentage": {"validation_split_percentage": 30},
     "min_doc_chars": {"min_doc_chars": 15},
     "near_dedup_threshold": {"near_dedup_threshold": 0.5},

@@ -85,6 +85,11 @@ def test_evaluate_lm_scores_the_documents_training_keeps(messy_dir, tmp_path, mo
     with pytest.raises(Scored) as given:  # the flags training has: --min_doc_chars, --text_column
         evaluate_lm.main(argv + ["--skip_bad_records", "--min_doc_chars", "1", "--text_column", "text"])
     assert given.value.args[0]["d"] == KEPT[:1] + ["short"] + KEPT[1:3] + ["tiny"] + KEPT[3:]
+    with pytest.raises(Scored) as given:  # and --txt_documents: a.txt's readable paragraphs are one document,
+        evaluate_lm.main(argv + ["--skip_bad_records", "--txt_documents", "file"])  # which b.jsonl's doesn't repeat
+    whole = "\n\n".join(["First document of the text file.", "short", "A duplicated document in two files.",
+                          "Control characters document."])
+    assert given.value.args[0]["d"] == [whole] + KEPT[1:2] + KEPT[3:]
     with pytest.raises(UserError, match="^--min_doc_chars 0: must be at least 1$"):
         evaluate_lm.main(argv + ["--min_doc_chars", "0"])
 

@@ -114,3 +114,19 @@ def test_the_split_rows_equal_split_documents_packed_whatever_the_shards(tmp_pat
             assert rows[name]["input_ids"] == pack_documents(
                 data_utils.tokenize_documents(docs, tiny_tokenizer), 7)["input_ids"]
             assert stats[f"{name}_documents"] == len(docs) > 0
+
+
+def test_a_txt_file_read_as_one_document_is_never_cut_into_shards(messy_corpus, tmp_path, tiny_tokenizer):
+    """--txt_documents file: a.txt is one document (its bad paragraph left out and counted), whatever the number
+    of workers, which cut .jsonl files but not .txt files."""
+    paths = data_utils.list_data_files([messy_corpus])
+    assert [s for s in data_utils.data_shards(paths, 8, cut_txt=False) if s[0] == paths[0]] == [(paths[0], 0, None)]
+    skipped = Counter()
+    (whole,) = data_utils.read_documents(paths[0], skipped=skipped, txt_documents="file")
+    paragraphs = list(data_utils.read_documents(paths[0], skipped=Counter()))
+    assert whole == "\n\n".join(paragraphs) and skipped["skipped_bad_records"] == 1
+    one, stats = prepared(messy_corpus, tmp_path, tiny_tokenizer, 1, skip_bad_records=True, txt_documents="file")
+    assert stats["read"] == 1 + 59 + 3  # a.txt whole, the 59 records of b.jsonl that parse, the 3 of c.csv
+    for workers in (2, 3):
+        assert prepared(messy_corpus, tmp_path / str(workers), tiny_tokenizer, workers, skip_bad_records=True,
+                        txt_documents="file") == (one, stats)
