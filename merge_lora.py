@@ -4,7 +4,7 @@
         [--gguf f16,q8_0 [--gguf_eval_files name=held_out.jsonl]] [--overwrite_output_dir]
 
 The result loads with AutoModelForCausalLM.from_pretrained (and vLLM); the adapter's tokenizer is saved beside
-it, and tied input/output embeddings stay tied, and so is the adapter's model card (README.md). With --gguf, the
+it, and tied input/output embeddings stay tied, and so is the adapter's model card (README.md), rewritten for a full model. With --gguf, the
 merged model is also written as GGUF files (model-TYPE.gguf) by llama.cpp's converter, each checked as
 export_gguf.py checks it (gguf_utils). MERGED appears only once complete, GGUF files checked; an existing
 non-empty MERGED is refused unless --overwrite_output_dir, which replaces only the files written here.
@@ -13,7 +13,6 @@ non-empty MERGED is refused unless --overwrite_output_dir, which replaces only t
 import argparse
 import json
 import os
-import shutil
 import sys
 
 from transformers import AutoConfig
@@ -22,6 +21,7 @@ import gguf_utils
 from arguments import DataArguments, UserError, run_script
 from model_utils import merged_model
 from output_utils import check_output_dir, staged_output_dir
+from report_utils import merged_model_card
 
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "tokenizer.model")
@@ -92,8 +92,9 @@ def main(argv=None):
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
         card = os.path.join(args.lora_model, "README.md")
-        if os.path.isfile(card):  # the training run's model card
-            shutil.copyfile(card, os.path.join(folder, "README.md"))
+        if os.path.isfile(card):  # the training run's model card, now for a full model
+            with open(card, encoding="utf-8") as f, open(os.path.join(folder, "README.md"), "w", encoding="utf-8") as g:
+                g.write(merged_model_card(f.read()))
         if gguf_types:
             del model  # the check loads the merged model from the folder
             report = gguf_utils.export(folder, gguf_types, folder, eval_texts, args.base_model, args.gguf_file,

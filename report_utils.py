@@ -175,6 +175,58 @@ def model_card_header(base_model, adapter, languages):
     return "---\n" + yaml.safe_dump(header, sort_keys=True, allow_unicode=True) + "---\n"
 
 
+def how_to_load(adapter):
+    """The model card's last section, lines."""
+    load = (["from peft import AutoPeftModelForCausalLM", "from transformers import AutoTokenizer", "",
+             "model = AutoPeftModelForCausalLM.from_pretrained(FOLDER)  # the base model, then this adapter",
+             "# or merged into a plain model: python merge_lora.py --base_model BASE --lora_model FOLDER "
+             "--output_dir MERGED"] if adapter else
+            ["from transformers import AutoModelForCausalLM, AutoTokenizer", "",
+             "model = AutoModelForCausalLM.from_pretrained(FOLDER)"])
+    return ["## How to load", "", "```python", *load, "tokenizer = AutoTokenizer.from_pretrained(FOLDER)", "```", ""]
+
+
+def merged_model_card(card):
+    """An adapter's model card (write_model_card's) rewritten for the adapter merged into its base: the header
+    of a transformers model, what the folder holds, and how to load it. A card of another shape is kept as it is.
+
+    >>> card = merged_model_card("---\\nlibrary_name: peft\\ntags:\\n- continued-pretraining\\n- lora\\n---\\n# run\\n\\n"
+    ...                          "Continued pretraining of `m`; this folder holds a LoRA adapter and its tokenizer.\\n\\n"
+    ...                          "## How to load\\n\\nPeftModel\\n")
+    >>> print(card)  # doctest: +NORMALIZE_WHITESPACE
+    ---
+    library_name: transformers
+    tags:
+    - continued-pretraining
+    ---
+    # run
+    <BLANKLINE>
+    Continued pretraining of `m`; this folder holds the full model (the LoRA adapter merged into its base) and its
+    tokenizer.
+    <BLANKLINE>
+    ## How to load
+    <BLANKLINE>
+    ```python
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    <BLANKLINE>
+    model = AutoModelForCausalLM.from_pretrained(FOLDER)
+    tokenizer = AutoTokenizer.from_pretrained(FOLDER)
+    ```
+    """
+    import yaml
+
+    if not card.startswith("---\n") or "\n## How to load\n" not in card:
+        return card
+    _, header, body = card.split("---\n", 2)
+    header = yaml.safe_load(header) or {}
+    header["library_name"] = "transformers"
+    header["tags"] = [t for t in header.get("tags", []) if t != "lora"]
+    body = body.split("\n## How to load\n")[0].replace(
+        "holds a LoRA adapter and", "holds the full model (the LoRA adapter merged into its base) and")
+    return ("---\n" + yaml.safe_dump(header, sort_keys=True, allow_unicode=True) + "---\n" + body + "\n"
+            + "\n".join(how_to_load(False)))
+
+
 def write_model_card(output_dir, base_model, adapter, recipe, stats=None, cleaning="", report_md=None):
     """README.md in the Hugging Face model-card format, so that uploading output_dir gives a complete model page:
     the header, the training data (splits, cleaning), the recipe as a config file pretrain.py runs again, the
@@ -196,13 +248,7 @@ def write_model_card(output_dir, base_model, adapter, recipe, stats=None, cleani
         with open(report_md, encoding="utf-8") as f:
             body = f.read().split("\n", 1)[1]  # its own title goes
         md += ["## Results", body]
-    load = (["from peft import AutoPeftModelForCausalLM", "from transformers import AutoTokenizer", "",
-             "model = AutoPeftModelForCausalLM.from_pretrained(FOLDER)  # the base model, then this adapter",
-             "# or merged into a plain model: python merge_lora.py --base_model BASE --lora_model FOLDER "
-             "--output_dir MERGED"] if adapter else
-            ["from transformers import AutoModelForCausalLM, AutoTokenizer", "",
-             "model = AutoModelForCausalLM.from_pretrained(FOLDER)"])
-    md += ["## How to load", "", "```python", *load, "tokenizer = AutoTokenizer.from_pretrained(FOLDER)", "```", ""]
+    md += how_to_load(adapter)
     path = os.path.join(output_dir, "README.md")
     with open(path, "w", encoding="utf-8") as f:
         f.write("\n".join(md))

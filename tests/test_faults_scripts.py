@@ -106,6 +106,21 @@ def test_merge_lora_overwrite_replaces_only_the_files_it_writes(work):
     assert sorted(os.listdir(work)) == ["adapter", "base", "merged"]  # no staging folder left beside it
 
 
+def test_merge_lora_carries_the_model_card_rewritten_for_a_full_model(work):
+    import yaml
+
+    from report_utils import write_model_card
+
+    write_model_card(str(work / "adapter"), "HuggingFaceTB/SmolLM2-135M", True, {"lora_rank": 8})
+    out = work / "merged"
+    assert merge_lora.main(merge_args(work, out)) == 0
+    _, header, body = (out / "README.md").read_text(encoding="utf-8").split("---\n", 2)
+    assert yaml.safe_load(header) == {"base_model": "HuggingFaceTB/SmolLM2-135M", "library_name": "transformers",
+                                      "pipeline_tag": "text-generation", "tags": ["continued-pretraining"]}
+    assert "holds the full model (the LoRA adapter merged into its base)" in body and "lora_rank: 8" in body
+    assert "AutoModelForCausalLM.from_pretrained(FOLDER)" in body and "Peft" not in body
+
+
 def test_merge_lora_leaves_a_user_folder_named_like_a_temporary_one_alone(work):
     user_folder(work / "merged.tmp")
     assert merge_lora.main(merge_args(work, work / "merged")) == 0

@@ -371,7 +371,7 @@ def test_merge_lora_gguf_of_an_extended_vocabulary_adapter(smol_tokenizer_dir, e
                             str(merged), "--gguf", "f16", "--gguf_eval_files", f"heldout={eval_file}"]) == 0
     report = check_report(merged, ["model-f16.gguf"])
     assert report["model"] == "the merged model"
-    assert (merged / "README.md").read_text() == "# adapter\n\nThe training run's model card.\n"
+    assert (merged / "README.md").read_text() == "# adapter\n\nThe training run's model card.\n"  # kept as it is
     assert {"model.safetensors", "model-f16.gguf", gguf_utils.CHECK_REPORT} <= set(os.listdir(merged))
     assert sorted(os.listdir(tmp_path)) == ["adapter", "base", "merged", "tokenizer"]
     loaded = AutoTokenizer.from_pretrained(merged, gguf_file="model-f16.gguf")
