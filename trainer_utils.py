@@ -46,7 +46,7 @@ class PretrainTrainer(Trainer):
     def __init__(self, *args, eval_sizes=None, train_in_order=False, new_rows=None, training_data=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.eval_sizes, self.train_in_order, self.new_rows = eval_sizes or {}, train_in_order, new_rows
-        self.training_data, self.rng_checkpoint, self.meter = training_data, None, None
+        self.training_data, self.rng_checkpoint, self.meter, self._not_training = training_data, None, None, False
 
     def train(self, resume_from_checkpoint=None, **kwargs):
         # transformers restores the random state (dropout) only where it skips the trained batches itself; a
@@ -66,14 +66,17 @@ class PretrainTrainer(Trainer):
 
     @contextlib.contextmanager
     def not_training(self):
-        """Time spent here is left out of tokens/s and MFU."""
-        if self.meter is None:
+        """Time spent here is left out of tokens/s and MFU, once: evaluate() calls itself for each of several eval
+        sets, and only the outermost call counts (counted twice, the time after an evaluation came out shorter
+        than the time trained, and tokens/s too high or missing)."""
+        if self.meter is None or self._not_training:
             yield
             return
-        start = self.meter.clock()
+        start, self._not_training = self.meter.clock(), True
         try:
             yield
         finally:
+            self._not_training = False
             self.meter.pause(self.meter.clock() - start)
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):

@@ -77,3 +77,18 @@ def test_a_run_logs_tokens_per_second_and_mfu_every_step_under_accumulation(tiny
     results = json.loads((tmp_path / "out" / "train_results.json").read_text())
     # the last interval (5 s from the last log to the end) trained nothing
     assert results["train_tokens"] == 3 * tokens and results["train_tokens_per_second"] == round(3 * tokens / 20, 2)
+
+
+def test_time_not_training_is_left_out_once_when_evaluations_nest():
+    """evaluate() calls itself for each of several eval sets: the time is paused once, by the outermost call."""
+    readings = iter([0.0, 10.0, 16.0, 20.0])  # meter start, evaluation starts, evaluation ends, the log
+    meter = ThroughputMeter(100, 10, 8, None, lambda c: c, clock=lambda: next(readings))
+    trainer = trainer_utils.PretrainTrainer.__new__(trainer_utils.PretrainTrainer)  # only the meter is needed
+    trainer.meter, trainer._not_training = meter, False
+    with trainer.not_training():
+        for _ in range(2):
+            with trainer.not_training():
+                pass
+    assert meter.paused == 6.0  # the inner calls read no clock and add nothing
+    meter.add(PackedCollator(pad_token_id=0)(ROWS), 0)
+    assert meter.interval() == {"tokens_per_second": round(11 / (20 - 6), 2)}
