@@ -344,8 +344,10 @@ class DataArguments:
     txt_documents: str = field(
         default="paragraphs",
         metadata={"help": "What a document is in a .txt file: 'paragraphs' (each block between blank lines: its own "
-                  "EOS, no view of the block before, held out and deduplicated alone) or 'file' (the whole file, "
-                  "read into memory; its paragraphs read as one text, as LitGPT reads .txt files).",
+                  "EOS, no view of the block before, held out and deduplicated alone; for files whose blank lines "
+                  "separate unrelated documents) or 'file' (the whole file, its paragraphs one text, as LitGPT and "
+                  "run_clm read .txt files; over 4 MB, a document every ~4 MB, cut at a blank line). Measured on "
+                  "running text: 'file' taught more (docs/benchmarks.md, recipes).",
                   "choices": ["paragraphs", "file"]},
     )
     language: Optional[str] = field(

@@ -197,39 +197,31 @@ def parse_json_line(line, path, lineno):
 
 
 def read_text(path, keep_linebreaks, skipped=None, start=0, end=None, whole_file=False):
-    """Documents of a .txt file, read a block of whole documents at a time so that a file may be larger than
-    memory; a document with bytes that are not UTF-8 stops the run, or with --skip_bad_records is skipped and
-    counted. whole_file (--txt_documents file): the file is one document, read whole."""
-    if whole_file:
-        yield from whole_text_document(path, keep_linebreaks, skipped)
-        return
-    for offset, block in text_blocks(path, start, end):
-        try:
-            text = block.decode("utf-8")
-        except UnicodeDecodeError:  # rare: go through this block a line at a time to name the line
-            with open(path, "rb") as f:
-                lineno = lines_before(f, offset)
-            lines = ((lineno + i, offset + at, raw) for i, (at, raw) in enumerate(lines_with_offsets(block)))
-            yield from line_documents(lines, path, keep_linebreaks, skipped)
-            continue
-        yield from split_text_documents(text, keep_linebreaks)
-
-
-def whole_text_document(path, keep_linebreaks, skipped):
-    """A .txt file as one document: its paragraphs as read_text reads them (a paragraph with bytes that are not
-    UTF-8 stops the run naming its line, or with --skip_bad_records is left out and counted), joined by one
-    blank line.
+    """Documents of a .txt file, read a block of whole paragraphs at a time (about TEXT_BLOCK_BYTES, cut after a
+    blank line) so that a file may be larger than memory: each blank-line paragraph a document, or with
+    whole_file (--txt_documents file) the paragraphs of each block joined by one blank line into one document:
+    the whole file when it is smaller than a block. A paragraph with bytes that are not UTF-8 stops the run
+    naming its line, or with --skip_bad_records is left out and counted.
 
     >>> import tempfile
     >>> with tempfile.NamedTemporaryFile("wb", suffix=".txt") as f:
     ...     _ = f.write(b"Title\\r\\n\\r\\nFirst line\\nsecond line\\n\\n\\n")
     ...     _ = f.flush()
-    ...     list(whole_text_document(f.name, True, None)), list(whole_text_document(f.name, False, None))
-    (['Title\\n\\nFirst line\\nsecond line'], ['Title\\n\\nFirst line second line'])
+    ...     list(read_text(f.name, True)), list(read_text(f.name, False, whole_file=True))
+    (['Title', 'First line\\nsecond line'], ['Title\\n\\nFirst line second line'])
     """
-    text = "\n\n".join(read_text(path, keep_linebreaks, skipped))
-    if text:
-        yield text
+    for offset, block in text_blocks(path, start, end):
+        try:
+            paragraphs = split_text_documents(block.decode("utf-8"), keep_linebreaks)
+        except UnicodeDecodeError:  # rare: go through this block a line at a time to name the line
+            with open(path, "rb") as f:
+                lineno = lines_before(f, offset)
+            lines = ((lineno + i, offset + at, raw) for i, (at, raw) in enumerate(lines_with_offsets(block)))
+            paragraphs = line_documents(lines, path, keep_linebreaks, skipped)
+        if not whole_file:
+            yield from paragraphs
+        elif text := "\n\n".join(paragraphs):
+            yield text
 
 
 def line_documents(lines, path, keep_linebreaks, skipped):
@@ -268,7 +260,8 @@ SHARD_BYTES = 2**24
 
 def text_blocks(path, start=0, end=None):
     """(byte offset, bytes) of the consecutive blocks of a .txt file's bytes [start, end): about
-    TEXT_BLOCK_BYTES each, each but the last ending after a blank line, so that no document is cut."""
+    TEXT_BLOCK_BYTES each, each but the last ending after a blank line, so that no document is cut; the last
+    holds all that is left once it is read (a file under TEXT_BLOCK_BYTES is one block)."""
     with open(path, "rb") as f:
         f.seek(start)
         offset, rest = start, b""
@@ -276,7 +269,7 @@ def text_blocks(path, start=0, end=None):
             want = TEXT_BLOCK_BYTES if end is None else min(TEXT_BLOCK_BYTES, end - offset - len(rest))
             data = f.read(want) if want > 0 else b""
             block = rest + data
-            if not data:
+            if len(data) < want or not data:  # all that is left of [start, end)
                 if block:
                     yield offset, block
                 return

@@ -130,3 +130,14 @@ def test_a_txt_file_read_as_one_document_is_never_cut_into_shards(messy_corpus, 
     for workers in (2, 3):
         assert prepared(messy_corpus, tmp_path / str(workers), tiny_tokenizer, workers, skip_bad_records=True,
                         txt_documents="file") == (one, stats)
+
+
+def test_a_txt_file_over_a_block_is_a_document_a_block_read_in_bounded_memory(messy_corpus, monkeypatch):
+    """--txt_documents file on a file larger than a read block: a document every block, cut after a blank line,
+    so that memory stays bounded; together they hold the file's paragraphs in order."""
+    monkeypatch.setattr(data_utils, "TEXT_BLOCK_BYTES", 2000)
+    monkeypatch.setattr(data_utils, "BLANK_LINE_SEARCH_BYTES", 500)
+    path = data_utils.list_data_files([messy_corpus])[0]
+    pieces = list(data_utils.read_documents(path, skipped=Counter(), txt_documents="file"))
+    assert len(pieces) > 2 and all(len(p.encode()) <= 2000 for p in pieces)
+    assert "\n\n".join(pieces) == "\n\n".join(data_utils.read_documents(path, skipped=Counter()))
