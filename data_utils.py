@@ -168,6 +168,14 @@ def split_text_documents(text, keep_linebreaks=True):
     return [d for d in docs if d]
 
 
+def write_jsonl(path, texts):
+    """Documents (strings) written as a .jsonl file of {"text": ...} records, its folder made; returns path."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts)
+    return path
+
+
 def record_text(record, column, where):
     if not isinstance(record, dict):
         raise UserError(f"{where}: expected a JSON object with a text field, got {type(record).__name__}")

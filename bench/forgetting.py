@@ -22,7 +22,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
 from arguments import run_script_process  # noqa: E402
-from data_utils import clean_documents, document_hash_fraction, read_documents  # noqa: E402
+from data_utils import clean_documents, document_hash_fraction, read_documents, write_jsonl  # noqa: E402
 
 CORPORA = os.path.join(ROOT, "examples", "corpora")  # committed real text (see its README)
 RECIPES = {"vi": ("language_adaptation.yaml", "pydocs"), "pydocs": ("domain_adaptation.yaml", "stdlib")}
@@ -48,13 +48,6 @@ def corpus(name):
         return stdlib_corpus.stdlib_documents(stdlib_corpus.MODULES + ("os", "typing", "inspect", "asyncio"))
     path, column = {"vi": ("manpages-vi.jsonl", "text"), "pydocs": ("pydocs-en.txt", None)}[name]
     return read_documents(os.path.join(CORPORA, path), column)
-
-
-def write_jsonl(path, texts):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts)
-    return path
 
 
 def take_bytes(texts, n_bytes):

@@ -20,6 +20,7 @@ sys.path.insert(0, ROOT)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from arguments import run_script_process  # noqa: E402
+from data_utils import write_jsonl  # noqa: E402
 
 CORPORA = os.path.join(ROOT, "examples", "corpora")  # committed real text (see its README)
 VIETNAMESE = os.path.join(CORPORA, "manpages-vi.jsonl")
@@ -51,12 +52,6 @@ def held_out_sets(args):
     train, held_out = split_documents(read_texts(VIETNAMESE), 10)
     english = read_texts(ENGLISH)[-args.english_docs:]
     return train, {"vi": [t[:args.eval_chars] for t in held_out], "en": english}
-
-
-def write_jsonl(path, texts):
-    with open(path, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts)
-    return path
 
 
 def bpb(model, tokenizer, sets):
