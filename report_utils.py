@@ -190,9 +190,9 @@ def merged_model_card(card):
     """An adapter's model card (write_model_card's) rewritten for the adapter merged into its base: the header
     of a transformers model, what the folder holds, and how to load it. A card of another shape is kept as it is.
 
-    >>> card = merged_model_card("---\\nlibrary_name: peft\\ntags:\\n- continued-pretraining\\n- lora\\n---\\n# run\\n\\n"
-    ...                          "Continued pretraining of `m`; this folder holds a LoRA adapter and its tokenizer.\\n\\n"
-    ...                          "## How to load\\n\\nPeftModel\\n")
+    >>> card = merged_model_card("---\\nlibrary_name: peft\\ntags:\\n- continued-pretraining\\n- lora\\n---\\n"
+    ...                          "# run\\n\\nContinued pretraining of `m`; this folder holds a LoRA adapter and "
+    ...                          "its tokenizer.\\n\\n## How to load\\n\\nPeftModel\\n")
     >>> print(card)  # doctest: +NORMALIZE_WHITESPACE
     ---
     library_name: transformers
