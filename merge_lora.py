@@ -6,8 +6,9 @@
 The result loads with AutoModelForCausalLM.from_pretrained (and vLLM); the adapter's tokenizer is saved beside
 it, with the adapter's model card (README.md) rewritten for a full model, and tied input/output embeddings stay
 tied. With --gguf, the merged model is also written as GGUF files (model-TYPE.gguf) by llama.cpp's converter,
-each checked as export_gguf.py checks it (gguf_utils). MERGED appears only once complete, GGUF files checked; an existing
-non-empty MERGED is refused unless --overwrite_output_dir, which replaces only the files written here.
+each checked as export_gguf.py checks it (gguf_utils). MERGED appears only once complete, GGUF files checked;
+an existing non-empty MERGED is refused unless --overwrite_output_dir, which replaces only the files written
+here.
 """
 
 import argparse
