@@ -39,6 +39,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
+from arguments import run_script_process  # noqa: E402
 from data_utils import split_text_documents, write_jsonl  # noqa: E402
 
 CORPORA = os.path.join(ROOT, "examples", "corpora")  # committed real text (see its README)
@@ -176,10 +177,9 @@ def extended_tokenizer(args, files, new_tokens):
     """extend_tokenizer.py's tokenizer with new_tokens learned on the training text (made once, kept)."""
     folder = os.path.join(args.output_dir, f"tokenizer_vocab{new_tokens}")
     if not os.path.isfile(os.path.join(folder, "tokenizer.json")):
-        subprocess.run([sys.executable, os.path.join(ROOT, "extend_tokenizer.py"), "--tokenizer_name_or_path",
-                        args.model, "--train_files", files["train"], "--num_new_tokens", str(new_tokens),
-                        "--validation_split_percentage", "0", "--output_dir", folder, "--overwrite_output_dir"],
-                       check=True)
+        run_script_process("extend_tokenizer.py", [
+            "--tokenizer_name_or_path", args.model, "--train_files", files["train"], "--num_new_tokens",
+            str(new_tokens), "--validation_split_percentage", "0", "--output_dir", folder, "--overwrite_output_dir"])
     return folder
 
 
@@ -190,16 +190,14 @@ def run_pretrain(name, args, out, files):
         flags = [*flags, "--tokenizer_name_or_path", extended_tokenizer(args, files, int(new_tokens))]
     documents, _, replay = data.partition("+replay")
     vi = files["train"]
-    train = ["--train_files", vi, "--txt_documents", documents]
-    if replay:
-        train = ["--mix", f"vi={vi}:{1 - float(replay)},en={files['replay']}:{replay}", "--txt_documents", documents]
-    command = [sys.executable, os.path.join(ROOT, "pretrain.py"), *flags, "--model_name_or_path", args.model, *train,
-               "--validation_split_percentage", "0", "--do_train", "--max_steps", str(args.max_steps),
-               "--per_device_train_batch_size", str(args.batch), "--gradient_accumulation_steps", "1",
-               "--block_size", str(args.block_size), "--output_dir", out, "--overwrite_output_dir",
-               "--data_cache_dir", os.path.join(args.output_dir, "cache"), "--eval_strategy", "no",
-               "--save_strategy", "no", "--report_to", "none", "--logging_steps", "10", "--seed", "0"]
-    subprocess.run(command, check=True)
+    train = ["--mix", f"vi={vi}:{1 - float(replay)},en={files['replay']}:{replay}"] if replay else ["--train_files", vi]
+    run_script_process("pretrain.py", [
+        *flags, "--model_name_or_path", args.model, *train, "--txt_documents", documents,
+        "--validation_split_percentage", "0", "--do_train", "--max_steps", str(args.max_steps),
+        "--per_device_train_batch_size", str(args.batch), "--gradient_accumulation_steps", "1",
+        "--block_size", str(args.block_size), "--output_dir", out, "--overwrite_output_dir",
+        "--data_cache_dir", os.path.join(args.output_dir, "cache"), "--eval_strategy", "no",
+        "--save_strategy", "no", "--report_to", "none", "--logging_steps", "10", "--seed", "0"])
 
 
 def evaluate(args, files, out):
