@@ -55,15 +55,22 @@ FULL = ["--full_finetuning", "--lr_scheduler_type", "cosine", "--min_lr_ratio", 
 # name: (training data, pretrain.py flags). Training data: the guide's .txt read with --txt_documents paragraphs
 # (each blank-line paragraph a document) or file (the whole file one document), "+replayS": English replay (the
 # standard library's docstrings, a document each) as S of the tokens (--mix); "+vocabN": the tokenizer extended
-# by N tokens learned on the training text (extend_tokenizer.py).
+# by N tokens learned on the training text (extend_tokenizer.py); "+eos": the guide's paragraphs joined by the
+# tokenizer's EOS (as text: the tokenizer reads it as the one token).
 ARMS = {
     "seed_flags": ("paragraphs", SEED_FLAGS),
     "seed_flags_file": ("file", SEED_FLAGS),
+    # the file one document, with the tokenizer's EOS between its paragraphs: paragraphs' EOS without their
+    # isolation (seed_flags has both, seed_flags_file neither)
+    "seed_flags_file_eos": ("file+eos", SEED_FLAGS),
     # the shipped recipe (its block size and batch give way to the bench's, as every arm's)
     "ours": ("file+replay0.25", [os.path.join(ROOT, "examples", "language_adaptation.yaml")]),
     "full_1e-4_replay25": ("file+replay0.25", FULL + ["--learning_rate", "1e-4"]),
     "full_3e-4_replay25": ("file+replay0.25", FULL + ["--learning_rate", "3e-4"]),
     "full_1e-4_replay10": ("file+replay0.1", FULL + ["--learning_rate", "1e-4"]),
+    # the same tokens in twice the steps of half the batch (2 x 256 tokens a step, 120 steps)
+    "full_1e-4_replay25_batch2": ("file+replay0.25", FULL + [
+        "--learning_rate", "1e-4", "--per_device_train_batch_size", "2", "--max_steps", "120"]),
     # 1000 Vietnamese tokens learned on the training text (bench/vocab_extension.py: rows started towards their
     # first piece, learning at 10x the run's rate)
     "full_1e-4_replay25_vocab1000": ("file+replay0.25+vocab1000", FULL + [
@@ -183,21 +190,34 @@ def extended_tokenizer(args, files, new_tokens):
     return folder
 
 
+def eos_joined(args, path):
+    """A copy of the .txt at path with the tokenizer's EOS, instead of a blank line, between its paragraphs."""
+    from transformers import AutoTokenizer
+
+    with open(path, encoding="utf-8") as f:
+        paragraphs = split_text_documents(f.read())
+    eos = AutoTokenizer.from_pretrained(args.model).eos_token
+    return write_text(os.path.join(args.output_dir, "data", "vi_eos", os.path.basename(path)), eos.join(paragraphs))
+
+
 def run_pretrain(name, args, out, files):
     data, flags = ARMS[name]
     data, _, new_tokens = data.partition("+vocab")
     if new_tokens:
         flags = [*flags, "--tokenizer_name_or_path", extended_tokenizer(args, files, int(new_tokens))]
+    data, eos, _ = data.partition("+eos")
     documents, _, replay = data.partition("+replay")
-    vi = files["train"]
+    vi = files["train"] if not eos else eos_joined(args, files["train"])
     train = ["--mix", f"vi={vi}:{1 - float(replay)},en={files['replay']}:{replay}"] if replay else ["--train_files", vi]
+    config = flags[:1] if flags and flags[0].endswith(".yaml") else []
     run_script_process("pretrain.py", [
-        *flags, "--model_name_or_path", args.model, *train, "--txt_documents", documents,
+        *config, "--model_name_or_path", args.model, *train, "--txt_documents", documents,
         "--validation_split_percentage", "0", "--do_train", "--max_steps", str(args.max_steps),
         "--per_device_train_batch_size", str(args.batch), "--gradient_accumulation_steps", "1",
         "--block_size", str(args.block_size), "--output_dir", out, "--overwrite_output_dir",
         "--data_cache_dir", os.path.join(args.output_dir, "cache"), "--eval_strategy", "no",
-        "--save_strategy", "no", "--report_to", "none", "--logging_steps", "10", "--seed", "0"])
+        "--save_strategy", "no", "--report_to", "none", "--logging_steps", "10", "--seed", "0",
+        *flags[len(config):]])  # last: an arm's own batch or steps win over the bench's
 
 
 def evaluate(args, files, out):
