@@ -342,13 +342,14 @@ class DataArguments:
         metadata={"help": "Keep single line breaks inside .txt documents. Off: join a document's lines with spaces."},
     )
     txt_documents: str = field(
-        default="paragraphs",
-        metadata={"help": "What a document is in a .txt file: 'paragraphs' (each block between blank lines: its own "
-                  "EOS, no view of the block before, held out and deduplicated alone; for files whose blank lines "
-                  "separate unrelated documents) or 'file' (the whole file, its paragraphs one text, as LitGPT and "
-                  "run_clm read .txt files; over 4 MB, a document every ~4 MB, cut at a blank line). Measured on "
-                  "running text: 'file' taught more (docs/benchmarks.md, recipes).",
-                  "choices": ["paragraphs", "file"]},
+        default="file",
+        metadata={"help": "What a document is in a .txt file: 'file' (its paragraphs one running text, as LitGPT "
+                  "and run_clm read .txt files, in sections of about 64 thousand characters cut at a blank line, "
+                  "so that a part of a long file can be held out) or 'paragraphs' (each block between blank lines: "
+                  "its own EOS, no view of the block before, held out and deduplicated alone; for files whose "
+                  "blank lines separate unrelated documents). Measured on running text: 'file' taught more "
+                  "(docs/benchmarks.md, recipes).",
+                  "choices": ["file", "paragraphs"]},
     )
     language: Optional[str] = field(
         default=None,

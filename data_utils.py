@@ -204,18 +204,18 @@ def parse_json_line(line, path, lineno):
         raise UserError(f"{path}:{lineno}:{e.colno}: invalid JSON: {e.msg}") from None
 
 
-def read_text(path, keep_linebreaks, skipped=None, start=0, end=None, whole_file=False):
+def read_text(path, keep_linebreaks, skipped=None, start=0, end=None, in_sections=False):
     """Documents of a .txt file, read a block of whole paragraphs at a time (about TEXT_BLOCK_BYTES, cut after a
     blank line) so that a file may be larger than memory: each blank-line paragraph a document, or with
-    whole_file (--txt_documents file) the paragraphs of each block joined by one blank line into one document:
-    the whole file when it is smaller than a block. A paragraph with bytes that are not UTF-8 stops the run
-    naming its line, or with --skip_bad_records is left out and counted.
+    in_sections (--txt_documents file) the paragraphs of each block joined by one blank line into sections of
+    about SECTION_CHARS characters: the whole file when it is shorter than that. A paragraph with bytes that are
+    not UTF-8 stops the run naming its line, or with --skip_bad_records is left out and counted.
 
     >>> import tempfile
     >>> with tempfile.NamedTemporaryFile("wb", suffix=".txt") as f:
     ...     _ = f.write(b"Title\\r\\n\\r\\nFirst line\\nsecond line\\n\\n\\n")
     ...     _ = f.flush()
-    ...     list(read_text(f.name, True)), list(read_text(f.name, False, whole_file=True))
+    ...     list(read_text(f.name, True)), list(read_text(f.name, False, in_sections=True))
     (['Title', 'First line\\nsecond line'], ['Title\\n\\nFirst line second line'])
     """
     for offset, block in text_blocks(path, start, end):
@@ -226,10 +226,31 @@ def read_text(path, keep_linebreaks, skipped=None, start=0, end=None, whole_file
                 lineno = lines_before(f, offset)
             lines = ((lineno + i, offset + at, raw) for i, (at, raw) in enumerate(lines_with_offsets(block)))
             paragraphs = line_documents(lines, path, keep_linebreaks, skipped)
-        if not whole_file:
-            yield from paragraphs
-        elif text := "\n\n".join(paragraphs):
-            yield text
+        yield from sections(paragraphs) if in_sections else paragraphs
+
+
+def sections(paragraphs, size=None):
+    """--txt_documents file: consecutive paragraphs joined by a blank line into documents of about size
+    characters (SECTION_CHARS), so that a long file's text keeps its context where it matters (a training row
+    is a few thousand tokens) and a part of it can still be held out; a short last section joins the one
+    before.
+
+    >>> sections(["a" * 3, "b" * 3, "c" * 3, "d"], size=6)
+    ['aaa\\n\\nbbb', 'ccc\\n\\nd']
+    """
+    size = size or SECTION_CHARS
+    done, current, length = [], [], 0
+    for paragraph in paragraphs:
+        current.append(paragraph)
+        length += len(paragraph) + 2 * (len(current) > 1)  # the joined text's length
+        if length >= size:
+            done.append(current)
+            current, length = [], 0
+    if current and done and length < size / 2:
+        done[-1] += current
+    elif current:
+        done.append(current)
+    return ["\n\n".join(d) for d in done]
 
 
 def line_documents(lines, path, keep_linebreaks, skipped):
@@ -261,6 +282,7 @@ def lines_with_offsets(data):
 
 _BLANK_LINE = re.compile(rb"\n[ \t]*\r?\n")  # a line end, then a line of spaces and tabs only
 TEXT_BLOCK_BYTES = 2**22
+SECTION_CHARS = 2**16  # --txt_documents file: a document every ~64 thousand characters (sections)
 BLANK_LINE_SEARCH_BYTES = 2**16  # the stretch at a block's end first searched for its last blank line
 # a shard's documents are tokenized in one batch, whose encodings take about 70 bytes a token: 400 MB at most
 SHARD_BYTES = 2**24
@@ -412,7 +434,7 @@ def read_documents(path, text_column=None, keep_linebreaks=True, skipped=None, s
     save_to_disk folders, whole) and counts them. txt_documents: a .txt file's documents are its blank-line
     paragraphs, or the whole file ("file")."""
     if path.endswith(".txt"):
-        yield from read_text(path, keep_linebreaks, skipped, start, end, whole_file=txt_documents == "file")
+        yield from read_text(path, keep_linebreaks, skipped, start, end, in_sections=txt_documents == "file")
     elif path.endswith(".jsonl"):
         yield from read_jsonl(path, text_column, skipped, start, end)
     elif is_saved_dataset(path) or path.endswith((".json", ".csv", ".parquet")):

@@ -89,9 +89,9 @@ def parse(argv):
     parser.add_argument("--min_doc_chars", type=int, default=DataArguments.min_doc_chars,
                         help="Drop --eval_files documents shorter than this many characters after cleaning, as "
                         "pretrain.py does with the same flag; 1: drop only empty ones.")
-    parser.add_argument("--txt_documents", default=DataArguments.txt_documents, choices=["paragraphs", "file"],
-                        help="What a document is in a .txt eval file, as pretrain.py's flag: each blank-line "
-                        "paragraph scored alone, or the whole file as one text.")
+    parser.add_argument("--txt_documents", default=DataArguments.txt_documents, choices=["file", "paragraphs"],
+                        help="What a document is in a .txt eval file, as pretrain.py's flag: the file as one text "
+                        "(in sections of ~64 thousand characters), or each blank-line paragraph scored alone.")
     parser.add_argument("--prompts", nargs="*", default=[], help="Prompts to complete greedily, shown side by side.")
     parser.add_argument("--output_dir", required=True, help="Where report.json and report.md are written.")
     parser.add_argument("--block_size", type=int, help="Tokens the model reads a window. Default: its context, "

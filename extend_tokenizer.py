@@ -47,6 +47,9 @@ def parse_args(argv):
     parser.add_argument("--min_doc_chars", type=int, default=DataArguments.min_doc_chars,
                         help="Drop documents shorter than this many characters after cleaning, as pretrain.py does "
                         "with the same flag; 1: drop only empty ones.")
+    parser.add_argument("--txt_documents", default=DataArguments.txt_documents, choices=["file", "paragraphs"],
+                        help="What a document is in a .txt file, as pretrain.py's flag (which documents are held "
+                        "out follows it).")
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--num_new_tokens", type=int, help="How many tokens to learn on --train_files.")
     size.add_argument("--target_vocab_size", type=int, help="Learn tokens until the tokenizer has this many.")
@@ -115,7 +118,7 @@ def corpus_sets(args):
     pretrain.py reads them under the flags' rules, --validation_split_percentage of them held out as
     pretrain.py holds them out; what --skip_bad_records skipped is printed."""
     rules = DataArguments(text_column=args.text_column, min_doc_chars=args.min_doc_chars,
-                          skip_bad_records=args.skip_bad_records)
+                          skip_bad_records=args.skip_bad_records, txt_documents=args.txt_documents)
     stats = Counter()
     train, held_out = split_documents(read_texts(args.train_files, rules, stats), args.validation_split_percentage)
     eval_sets = named_eval_texts(args.eval_files, held_out, rules, stats)

@@ -30,7 +30,7 @@ BASE = dict(validation_split_percentage=10, skip_bad_records=True)
 CHANGES = {
     "text_column": {"text_column": "body"},
     "keep_linebreaks": {"keep_linebreaks": False},
-    "txt_documents": {"txt_documents": "file"},
+    "txt_documents": {"txt_documents": "paragraphs"},
     "validation_split_percentage": {"validation_split_percentage": 30},
     "min_doc_chars": {"min_doc_chars": 15},
     "near_dedup_threshold": {"near_dedup_threshold": 0.5},

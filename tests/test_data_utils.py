@@ -197,7 +197,7 @@ def data_args(corpus_dir, cache, **kw):
 def test_every_token_in_exactly_one_row(corpus_dir, tmp_path, tiny_tokenizer):
     args = data_args(corpus_dir, tmp_path / "cache", validation_split_percentage=20)
     prepared, stats = prepare_datasets(args, tiny_tokenizer, block_size=16)
-    docs = [d for f in list_data_files([corpus_dir]) for d in read_documents(f)]
+    docs = [d for f in list_data_files([corpus_dir]) for d in read_documents(f, txt_documents=args.txt_documents)]
     train_docs, valid_docs = split_documents(list(clean_documents(docs, Counter())), 20)
     for split, split_docs in (("train", train_docs), ("validation", valid_docs)):
         rows = prepared[split]
@@ -267,8 +267,9 @@ def test_empty_dataset_is_a_user_error(tmp_path, tiny_tokenizer):
 
 @pytest.mark.parametrize("workers", [None, 1, 2])
 def test_prepared_rows_do_not_depend_on_the_number_of_workers(corpus_dir, tmp_path, tiny_tokenizer, workers):
-    docs = list(clean_documents((d for f in list_data_files([corpus_dir]) for d in read_documents(f)), Counter()))
     args = data_args(corpus_dir, tmp_path / "cache", validation_split_percentage=0, preprocessing_num_workers=workers)
+    docs = list(clean_documents((d for f in list_data_files([corpus_dir])
+                                 for d in read_documents(f, txt_documents=args.txt_documents)), Counter()))
     with data_utils.PreparationWorkers(workers, tokenizer=tiny_tokenizer, data_args=args) as pool:
         assert [t for shard in data_utils.read_clean_documents([corpus_dir], args, Counter(), pool)
                 for t in shard.texts] == docs
@@ -318,7 +319,8 @@ def test_streaming_rows_equal_the_prepared_rows(corpus_dir, tmp_path, tiny_token
 def test_streaming_split_and_workers_keep_every_token_once(corpus_dir, tmp_path, tiny_tokenizer):
     args = data_args(corpus_dir, tmp_path / "cache", validation_split_percentage=30)
     train, validation = data_utils.streaming_datasets(args, tiny_tokenizer, block_size=8)
-    docs = list(clean_documents((d for f in list_data_files([corpus_dir]) for d in read_documents(f)), Counter()))
+    docs = list(clean_documents((d for f in list_data_files([corpus_dir])
+                                 for d in read_documents(f, txt_documents=args.txt_documents)), Counter()))
     kept, held = split_documents(docs, 30)
     assert held and kept
     assert sum((r["input_ids"] for r in validation), []) == sum(tokenize_documents(held, tiny_tokenizer), [])
@@ -404,7 +406,7 @@ def test_skip_bad_records_skips_and_counts_instead_of_stopping(tmp_path, tiny_to
     assert len(docs) == 999 + 2 and "third one here" in docs and not any("second" in d for d in docs)
     assert skipped == {"skipped_bad_records": 2}
     args = DataArguments(dataset_dir=str(data), skip_bad_records=True, validation_split_percentage=0,
-                         data_cache_dir=str(tmp_path / "c"))
+                         data_cache_dir=str(tmp_path / "c"), txt_documents="paragraphs")
     stats = Counter()
     with data_utils.PreparationWorkers(None, data_args=args, tokenizer=tiny_tokenizer) as workers:
         shards = data_utils.read_clean_documents([str(data)], args, stats, workers)

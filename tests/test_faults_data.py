@@ -30,7 +30,9 @@ def corpus(tmp_path):
 
 
 def args_for(data, cache, **kw):
-    return DataArguments(dataset_dir=str(data), data_cache_dir=str(cache), validation_split_percentage=10, **kw)
+    """Arguments that read corpus()'s a.txt as its 40 blank-line documents."""
+    return DataArguments(dataset_dir=str(data), data_cache_dir=str(cache), validation_split_percentage=10,
+                         txt_documents="paragraphs", **kw)
 
 
 def only_cache(cache):

@@ -15,7 +15,8 @@ import plan_utils
 import pretrain
 from arguments import DataArguments, UserError
 
-# After reading and cleaning under the default rules with --skip_bad_records: what every entry must see.
+# After reading and cleaning under the default rules with --skip_bad_records and each blank-line paragraph of a
+# .txt file a document (--txt_documents paragraphs): what every entry must see.
 KEPT = ["First document of the text file.", "A duplicated document in two files.", "Control characters document.",
         "Vi\u1ec7t Nam, a document long enough.", "Another JSONL document here."]
 COUNTS = {"read": 10, "kept": 5, "dropped_short": 2, "dropped_empty": 1, "dropped_duplicate": 2,
@@ -41,15 +42,18 @@ def counts(stats):
     return {k: v for k, v in stats.items() if k in COUNTS}
 
 
+def rules(**kw):
+    return DataArguments(skip_bad_records=True, txt_documents="paragraphs", **kw)
+
+
 def test_the_reader_keeps_these_documents_and_counts_each_reason(messy_dir):
     stats = Counter()
-    assert list(data_utils.corpus_documents([messy_dir], DataArguments(skip_bad_records=True), stats)) == KEPT
+    assert list(data_utils.corpus_documents([messy_dir], rules(), stats)) == KEPT
     assert counts(stats) == COUNTS
 
 
 def test_cached_and_streaming_training_see_the_same_documents(messy_dir, tmp_path, tiny_tokenizer):
-    args = DataArguments(dataset_dir=messy_dir, skip_bad_records=True, validation_split_percentage=0,
-                         data_cache_dir=str(tmp_path / "cache"))
+    args = rules(dataset_dir=messy_dir, validation_split_percentage=0, data_cache_dir=str(tmp_path / "cache"))
     tokens = sum(data_utils.tokenize_documents(KEPT, tiny_tokenizer), [])
     prepared, stats = data_utils.prepare_datasets(args, tiny_tokenizer, block_size=16)
     assert sum(prepared["train"]["input_ids"], []) == tokens
@@ -60,7 +64,7 @@ def test_cached_and_streaming_training_see_the_same_documents(messy_dir, tmp_pat
 
 
 def test_the_dry_run_counts_the_documents_training_keeps(messy_dir, tiny_tokenizer):
-    args = DataArguments(dataset_dir=messy_dir, skip_bad_records=True, validation_split_percentage=0)
+    args = rules(dataset_dir=messy_dir, validation_split_percentage=0)
     size = plan_utils.corpus_size(args, tiny_tokenizer)
     tokens = sum(map(len, data_utils.tokenize_documents(KEPT, tiny_tokenizer)))
     assert size == {"documents": len(KEPT), "bytes": sum(len(t.encode()) for t in KEPT), "tokens": tokens,
@@ -80,13 +84,14 @@ def test_evaluate_lm_scores_the_documents_training_keeps(messy_dir, tmp_path, mo
     monkeypatch.setattr(evaluate_lm, "evaluate_model", scored)
     argv = ["--model_name_or_path", "m", "--eval_files", f"d={messy_dir}", "--output_dir", str(tmp_path / "out")]
     with pytest.raises(Scored) as given:
-        evaluate_lm.main(argv + ["--skip_bad_records"])
+        evaluate_lm.main(argv + ["--skip_bad_records", "--txt_documents", "paragraphs"])
     assert given.value.args[0] == {"d": KEPT}
     with pytest.raises(Scored) as given:  # the flags training has: --min_doc_chars, --text_column
-        evaluate_lm.main(argv + ["--skip_bad_records", "--min_doc_chars", "1", "--text_column", "text"])
+        evaluate_lm.main(argv + ["--skip_bad_records", "--min_doc_chars", "1", "--text_column", "text",
+                                 "--txt_documents", "paragraphs"])
     assert given.value.args[0]["d"] == KEPT[:1] + ["short"] + KEPT[1:3] + ["tiny"] + KEPT[3:]
-    with pytest.raises(Scored) as given:  # and --txt_documents: a.txt's readable paragraphs are one document,
-        evaluate_lm.main(argv + ["--skip_bad_records", "--txt_documents", "file"])  # which b.jsonl's doesn't repeat
+    with pytest.raises(Scored) as given:  # and by default (--txt_documents file) a.txt's readable paragraphs are
+        evaluate_lm.main(argv + ["--skip_bad_records"])  # one document, which b.jsonl's doesn't repeat
     whole = "\n\n".join(["First document of the text file.", "short", "A duplicated document in two files.",
                           "Control characters document."])
     assert given.value.args[0]["d"] == [whole] + KEPT[1:2] + KEPT[3:]
@@ -96,7 +101,7 @@ def test_evaluate_lm_scores_the_documents_training_keeps(messy_dir, tmp_path, mo
 
 def test_extend_tokenizer_learns_from_the_documents_training_keeps(messy_dir, tmp_path, capsys):
     argv = ["--tokenizer_name_or_path", "base", "--train_files", messy_dir, "--output_dir", str(tmp_path / "out"),
-            "--num_new_tokens", "8", "--skip_bad_records"]
+            "--num_new_tokens", "8", "--skip_bad_records", "--txt_documents", "paragraphs"]
     train, held_out = extend_tokenizer.corpus_sets(extend_tokenizer.parse_args(argv))
     assert sorted(train + held_out.get("train_held_out", [])) == sorted(KEPT)
     assert (train, held_out["train_held_out"]) == data_utils.split_documents(KEPT, 10)
@@ -130,7 +135,7 @@ def test_streaming_holds_out_what_the_cached_path_holds_out(tmp_path, tiny_token
     texts = [f"Document number {i} of a small corpus." for i in range(6)]
     (tmp_path / "a.txt").write_text("\n\n".join(texts), encoding="utf-8")
     args = DataArguments(train_file=str(tmp_path / "a.txt"), validation_split_percentage=percentage,
-                         data_cache_dir=str(tmp_path / "cache"))
+                         data_cache_dir=str(tmp_path / "cache"), txt_documents="paragraphs")
     prepared, _ = data_utils.prepare_datasets(args, tiny_tokenizer, block_size=8)
     train, held = data_utils.split_documents(texts, percentage)
     assert train and held

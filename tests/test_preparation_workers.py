@@ -41,8 +41,10 @@ def messy_corpus(tmp_path):
 
 
 def prepared(corpus, tmp_path, tokenizer, workers, **kw):
+    """Rows and counts of the corpus, each blank-line paragraph of a .txt file a document unless kw says."""
     args = DataArguments(dataset_dir=corpus, data_cache_dir=str(tmp_path / f"cache{workers}"),
-                         preprocessing_num_workers=workers, validation_split_percentage=20, **kw)
+                         preprocessing_num_workers=workers, validation_split_percentage=20,
+                         **{"txt_documents": "paragraphs", **kw})
     rows, stats = data_utils.prepare_datasets(args, tokenizer, block_size=16)
     return {name: (split["input_ids"], split["position_ids"]) for name, split in rows.items()}, stats
 
@@ -75,7 +77,8 @@ def test_two_workers_prepare_exactly_what_one_prepares(messy_corpus, tmp_path, t
 
 
 def test_the_first_occurrence_of_a_duplicate_is_kept_in_file_order(messy_corpus, tiny_tokenizer):
-    args = DataArguments(dataset_dir=messy_corpus, skip_bad_records=True, preprocessing_num_workers=2)
+    args = DataArguments(dataset_dir=messy_corpus, skip_bad_records=True, preprocessing_num_workers=2,
+                         txt_documents="paragraphs")
     with data_utils.PreparationWorkers(2, data_args=args, tokenizer=tiny_tokenizer) as workers:
         shards = [shard.tokenized() for shard in data_utils.read_clean_documents([messy_corpus], args, Counter(),
                                                                                  workers)]
@@ -106,7 +109,8 @@ def test_the_split_rows_equal_split_documents_packed_whatever_the_shards(tmp_pat
     train, validation = data_utils.split_documents(texts, 20)
     for workers in (None, 2):
         args = DataArguments(train_file=str(tmp_path / "a.txt"), data_cache_dir=str(tmp_path / f"c{workers}"),
-                             preprocessing_num_workers=workers, validation_split_percentage=20)
+                             preprocessing_num_workers=workers, validation_split_percentage=20,
+                             txt_documents="paragraphs")
         with data_utils.PreparationWorkers(workers, tokenizer=tiny_tokenizer, data_args=args) as pool:
             assert len(data_utils.read_clean_documents(args.training_paths, args, Counter(), pool)) > 4
         rows, stats = data_utils.prepare_datasets(args, tiny_tokenizer, block_size=7)
@@ -141,3 +145,24 @@ def test_a_txt_file_over_a_block_is_a_document_a_block_read_in_bounded_memory(me
     pieces = list(data_utils.read_documents(path, skipped=Counter(), txt_documents="file"))
     assert len(pieces) > 2 and all(len(p.encode()) <= 2000 for p in pieces)
     assert "\n\n".join(pieces) == "\n\n".join(data_utils.read_documents(path, skipped=Counter()))
+
+
+def test_a_long_txt_file_is_read_in_sections_so_that_part_of_it_can_be_held_out(tmp_path, tiny_tokenizer,
+                                                                                 monkeypatch):
+    """The default --txt_documents file: a file longer than a section is documents of about SECTION_CHARS
+    characters, its paragraphs in order, whatever the number of workers, so that --validation_split_percentage
+    holds out a section of a one-file corpus rather than nothing (a file is not held out from itself)."""
+    monkeypatch.setattr(data_utils, "SECTION_CHARS", 200)
+    texts = [document(i, words=i % 7 + 3) for i in range(60)]
+    (tmp_path / "a.txt").write_text("\n\n".join(texts) + "\n", encoding="utf-8")
+    sections = list(data_utils.read_documents(str(tmp_path / "a.txt"), txt_documents="file"))
+    assert "\n\n".join(sections) == "\n\n".join(texts) and len(sections) > 5
+    assert all(200 <= len(s) < 200 + 100 for s in sections[:-1]) and 100 <= len(sections[-1]) < 200 + 300
+    train, validation = data_utils.split_documents(sections, 20)
+    for workers in (None, 2):
+        args = DataArguments(train_file=str(tmp_path / "a.txt"), data_cache_dir=str(tmp_path / f"c{workers}"),
+                             preprocessing_num_workers=workers, validation_split_percentage=20)
+        rows, stats = data_utils.prepare_datasets(args, tiny_tokenizer, block_size=16)
+        for name, docs in (("train", train), ("validation", validation)):
+            assert stats[f"{name}_documents"] == len(docs) > 0
+            assert sum(rows[name]["input_ids"], []) == sum(data_utils.tokenize_documents(docs, tiny_tokenizer), [])

@@ -315,7 +315,8 @@ def test_prepare_data_only_prints_one_line_of_stats_and_stops(tiny_model_dir, co
     for extra in ([], ["--streaming"]):
         out = tmp_path / f"prep{len(extra)}"
         assert pretrain.main(base_flags(tiny_model_dir, out, "--dataset_dir", corpus_dir, "--prepare_data_only",
-                                        "--validation_split_percentage", "0", *extra)) is None
+                                        "--validation_split_percentage", "0", "--txt_documents", "paragraphs",
+                                        *extra)) is None
         lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("data: ")]
         assert len(lines) == 1 and not out.exists()
         assert lines[0].startswith("data: documents 12 read, 10 kept, dropped: 1 duplicate, 1 short, "
@@ -377,5 +378,5 @@ def test_data_preparation_shows_progress_unless_disable_tqdm(tiny_model_dir, cor
         datasets.enable_progress_bars()
     err = capfd.readouterr().err
     size = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(corpus_dir) for f in files)
-    shown = [f"reading {corpus_dir}: ", f"0.00/{size} [", "B/s]", "tokenizing train: ", "0/8 [", "documents/s]"]
+    shown = [f"reading {corpus_dir}: ", f"0.00/{size} [", "B/s]", "tokenizing train: ", "0/7 [", "documents/s]"]
     assert [text in err for text in shown] == [not quiet] * len(shown), err[-2000:]  # the bytes, the documents
