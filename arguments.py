@@ -474,6 +474,11 @@ class PretrainTrainingArguments(TrainingArguments):
     lora_rank: int = field(default=8, metadata={"help": "LoRA rank r."})
     lora_alpha: float = field(default=32.0, metadata={"help": "LoRA alpha (the update is scaled by alpha/rank)."})
     lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input, 0 to 1."})
+    use_rslora: bool = field(
+        default=False,
+        metadata={"help": "Rank-stabilized LoRA: scale the update by alpha/sqrt(rank) instead of alpha/rank, so that "
+                  "a high rank does not learn slower than a low one at the same alpha."},
+    )
     modules_to_save: Optional[str] = field(
         default=None,
         metadata={"help": "Comma-separated modules trained and saved in full beside LoRA, e.g. embed_tokens,lm_head "
@@ -610,6 +615,10 @@ class PretrainTrainingArguments(TrainingArguments):
         if self.eval_on_start is None:
             self.eval_on_start = self.eval_strategy not in ("no", IntervalStrategy.NO)
         super().__post_init__()
+        if "trackio" in self.report_to and self.run_name is None:
+            # the final evaluation logs after the Trainer has closed its trackio run: under a name it is resumed
+            # rather than a second run started under a random one
+            self.run_name = os.path.basename(os.path.normpath(self.output_dir))
         self._resolve_schedule()
 
     def _check_init_from_checkpoint(self):

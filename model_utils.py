@@ -223,7 +223,7 @@ def lora_config(model, training_args):
     return LoraConfig(
         task_type="CAUSAL_LM", target_modules=split_list(training_args.trainable), r=training_args.lora_rank,
         lora_alpha=training_args.lora_alpha, lora_dropout=training_args.lora_dropout,
-        modules_to_save=modules_to_save, ensure_weight_tying=tied and modules_to_save is not None)
+        use_rslora=training_args.use_rslora, modules_to_save=modules_to_save, ensure_weight_tying=tied and modules_to_save is not None)
 
 
 def add_lora(model, training_args):

@@ -119,6 +119,20 @@ def test_full_finetuning_trains_all_weights_and_saves_a_full_model(tiny_model_di
     assert trained.lm_head.weight.data_ptr() == trained.model.embed_tokens.weight.data_ptr()
 
 
+@pytest.mark.parametrize("rslora", [False, True])
+def test_use_rslora_scales_the_update_by_alpha_over_the_root_of_the_rank(tiny_model_dir, tiny_tokenizer, tmp_path,
+                                                                        rslora):
+    model_args, _, training_args = parse_args(
+        ["--model_name_or_path", tiny_model_dir, "--output_dir", str(tmp_path), "--lora_rank", "16", "--lora_alpha",
+         "8", "--report_to", "none"] + (["--use_rslora"] if rslora else []))
+    model = model_utils.add_lora(model_utils.load_model(model_args, model_utils.load_config(model_args),
+                                                        tiny_tokenizer), training_args)
+    scalings = {m.scaling["default"] for m in model.modules() if hasattr(m, "lora_A") and "default" in m.lora_A}
+    assert scalings == {8 / 4 if rslora else 8 / 16}
+    model.save_pretrained(tmp_path / "adapter")
+    assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["use_rslora"] is rslora
+
+
 def test_packed_document_loss_equals_its_loss_alone_on_the_training_path(tiny_model_dir, tiny_tokenizer, tmp_path):
     """The PretrainTrainer's own compute_loss, in train mode, on a packed row vs the document alone."""
     model_args, _, training_args = parse_args(["--model_name_or_path", tiny_model_dir, "--output_dir",

@@ -175,3 +175,28 @@ def test_tensorboard_shows_every_figure_we_log(tiny_model_dir, corpus_dir, tmp_p
     assert {"train/loss", "train/learning_rate", "train/tokens_per_second", "train/mfu"} <= tags, sorted(tags)
     assert [e.step for e in events.Scalars("train/tokens_per_second")] == [1, 2]
     assert {e.step for e in events.Scalars("eval/general_bpb")} == {0, 2}  # before training, and at the end
+
+
+def test_trackio_keeps_every_figure_we_log_offline_in_one_run(tiny_model_dir, corpus_dir, tmp_path, monkeypatch):
+    """--report_to trackio with no network: the figures the TensorBoard test reads, read back from trackio's
+    local database, all in one run named after the output folder (the final evaluation included)."""
+    import sqlite3
+
+    monkeypatch.setenv("TRACKIO_DIR", str(tmp_path / "trackio"))  # read when trackio is first imported
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import trackio
+
+    general = tmp_path / "general.txt"
+    general.write_text("The quick brown fox jumps over the lazy dog, again.\n", encoding="utf-8")
+    run(tiny_model_dir, corpus_dir, tmp_path / "out", "--max_steps", "2", "--eval_strategy", "steps",
+        "--eval_steps", "2", "--eval_files", f"general={general}", "--report_to", "trackio", "--project", "cpt",
+        "--peak_tflops", "1")
+    trackio.finish()  # the final evaluation's logs are written when its resumed run ends: at exit for a user
+    with sqlite3.connect(tmp_path / "trackio" / "cpt.db") as db:
+        rows = [(name, json.loads(m)) for name, m in db.execute("select run_name, metrics from metrics")]
+    assert {name for name, _ in rows} == {"out"}
+    logged = {k for _, m in rows for k in m}
+    for name in ("general", "validation"):
+        assert {f"eval/{name}_loss", f"eval/{name}_perplexity", f"eval/{name}_bpb"} <= logged, sorted(logged)
+    assert {"train/loss", "train/learning_rate", "train/tokens_per_second", "train/mfu"} <= logged, sorted(logged)
+    assert [m["train/global_step"] for _, m in rows if "eval/general_bpb" in m] == [0, 2, 2]  # start, step 2, end
