@@ -127,7 +127,8 @@ def run_clm(files, tokenizer, block_size, workers, cache):
 
 def ours(files, tokenizer, block_size, workers, cache):
     args = DataArguments(train_files=files, data_cache_dir=cache, validation_split_percentage=0,
-                         preprocessing_num_workers=workers, overwrite_cache=True)
+                         preprocessing_num_workers=workers, overwrite_cache=True,
+                         txt_documents="paragraphs")  # the files' blank lines separate their documents
     start = time.perf_counter()
     _, stats = data_utils.prepare_datasets(args, tokenizer, block_size)
     return stats["train_tokens"], time.perf_counter() - start

@@ -56,7 +56,8 @@ def child(corpus, tokenizer_dir):
     from data_utils import PackedCollator, streaming_datasets
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    args = DataArguments(dataset_dir=corpus, streaming=True, validation_split_percentage=1)
+    args = DataArguments(dataset_dir=corpus, streaming=True, validation_split_percentage=1,
+                         txt_documents="paragraphs")  # the corpus's blank lines separate its documents
     train, _ = streaming_datasets(args, tokenizer, block_size=1024)
     loader = torch.utils.data.DataLoader(train, batch_size=8, collate_fn=PackedCollator(tokenizer.eos_token_id))
     start, rows, tokens = time.perf_counter(), 0, 0

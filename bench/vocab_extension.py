@@ -19,7 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from arguments import run_script_process  # noqa: E402
+from arguments import DataArguments, run_script_process  # noqa: E402
 from data_utils import write_jsonl  # noqa: E402
 
 CORPORA = os.path.join(ROOT, "examples", "corpora")  # committed real text (see its README)
@@ -50,7 +50,7 @@ def held_out_sets(args):
     from eval_utils import read_texts
 
     train, held_out = split_documents(read_texts(VIETNAMESE), 10)
-    english = read_texts(ENGLISH)[-args.english_docs:]
+    english = read_texts(ENGLISH, DataArguments(txt_documents="paragraphs"))[-args.english_docs:]  # a paragraph each
     return train, {"vi": [t[:args.eval_chars] for t in held_out], "en": english}
 
 

@@ -179,7 +179,8 @@ def slow_write_rows(*args, **kwargs):  # a preparation long enough for the other
     return write_rows(*args, **kwargs)
 
 with mock.patch.object(data_utils, "write_rows", slow_write_rows):
-    args = DataArguments(dataset_dir=data, data_cache_dir=cache, validation_split_percentage=10)
+    args = DataArguments(dataset_dir=data, data_cache_dir=cache, validation_split_percentage=10,
+                         txt_documents="paragraphs")
     prepared, stats = data_utils.prepare_datasets(args, tokenizer, 64)
 print(json.dumps(prepared["train"][:]["input_ids"]))
 """
