@@ -22,6 +22,7 @@ per byte and the stats, cached or streamed.
 """
 
 import array
+import bisect
 import contextlib
 import csv
 import dataclasses
@@ -289,14 +290,17 @@ SHARD_BYTES = 2**24
 
 
 def text_blocks(path, start=0, end=None):
-    """(byte offset, bytes) of the consecutive blocks of a .txt file's bytes [start, end): about
-    TEXT_BLOCK_BYTES each, each but the last ending after a blank line, so that no document is cut; the last
-    holds all that is left once it is read (a file under TEXT_BLOCK_BYTES is one block)."""
+    """(byte offset, bytes) of the consecutive blocks of a .txt file's bytes [start, end): each the first
+    TEXT_BLOCK_BYTES (or a multiple, for a paragraph longer than that) from its offset, cut after its last blank
+    line so that no document is cut, so that reading from any block's offset gives the same blocks from there
+    on; the last holds all that is left once it is read (a file under TEXT_BLOCK_BYTES is one block)."""
     with open(path, "rb") as f:
         f.seek(start)
         offset, rest = start, b""
         while True:
-            want = TEXT_BLOCK_BYTES if end is None else min(TEXT_BLOCK_BYTES, end - offset - len(rest))
+            # a block is [offset, offset + n * TEXT_BLOCK_BYTES): the same blocks from any block's start
+            want = TEXT_BLOCK_BYTES - len(rest) % TEXT_BLOCK_BYTES
+            want = want if end is None else min(want, end - offset - len(rest))
             data = f.read(want) if want > 0 else b""
             block = rest + data
             if len(data) < want or not data:  # all that is left of [start, end)
@@ -354,11 +358,12 @@ def is_blank_line(raw):
     return not raw.rstrip(b"\r\n").strip(b" \t")
 
 
-def data_shards(paths, pieces, max_bytes=SHARD_BYTES, cut_txt=True):
+def data_shards(paths, pieces, max_bytes=SHARD_BYTES, txt_sections=False):
     """(path, start byte, end byte or None) parts of the data files, about `pieces` of equal size in all (more
     when they would be over max_bytes), each a whole number of documents: .txt files are cut after a blank
-    line (unless not cut_txt: --txt_documents file), .jsonl files after a line end; other files are not cut.
-    Reading the shards one after another gives the documents of reading the files.
+    line, or with txt_sections (--txt_documents file) where reading the whole file starts a block (so that its
+    sections are the same), .jsonl files after a line end; other files are not cut. Reading the shards one after
+    another gives the documents of reading the files.
 
     >>> data_shards(["a.txt"], 1)  # one piece: every file whole
     [('a.txt', 0, None)]
@@ -370,7 +375,11 @@ def data_shards(paths, pieces, max_bytes=SHARD_BYTES, cut_txt=True):
     shards = []
     for path, size in zip(paths, sizes):
         cuts = [0]
-        if path.endswith((".txt", ".jsonl") if cut_txt else ".jsonl"):
+        if path.endswith(".txt") and txt_sections and size > step:
+            starts = [offset for offset, _ in text_blocks(path)]  # one read of the file, nothing decoded
+            cuts += sorted({starts[i] for approx in range(step, size, step)
+                            if (i := bisect.bisect_left(starts, approx)) < len(starts)})
+        elif path.endswith((".txt", ".jsonl")) and not (txt_sections and path.endswith(".txt")):
             with open(path, "rb") as f:
                 for approx in range(step, size, step):
                     if approx > cuts[-1] and (cut := document_boundary(f, approx, path.endswith(".txt"))) < size:
@@ -1340,7 +1349,7 @@ def read_clean_documents(paths, data_args, stats, workers, max_documents=None, e
         texts = itertools.islice(read_table(extra, data_args.text_column, data_args.dataset_name), max_documents)
         parts.append(cleaned_part(cleaned_documents(texts, extra_stats, data_args.min_doc_chars), extra_stats))
     shards = data_shards(list_data_files(paths), workers.pieces,
-                         cut_txt=data_args.txt_documents == "paragraphs") if paths else []
+                         txt_sections=data_args.txt_documents == "file") if paths else []
     if max_documents:  # one file after another, in this process, until max_documents are read
         for shard in shards:
             if (left := max_documents - sum(part[2]["read"] for part in parts)) > 0:

@@ -124,7 +124,7 @@ def test_a_txt_file_read_as_one_document_is_never_cut_into_shards(messy_corpus, 
     """--txt_documents file: a.txt is one document (its bad paragraph left out and counted), whatever the number
     of workers, which cut .jsonl files but not .txt files."""
     paths = data_utils.list_data_files([messy_corpus])
-    assert [s for s in data_utils.data_shards(paths, 8, cut_txt=False) if s[0] == paths[0]] == [(paths[0], 0, None)]
+    assert [s for s in data_utils.data_shards(paths, 8, txt_sections=True) if s[0] == paths[0]] == [(paths[0], 0, None)]
     skipped = Counter()
     (whole,) = data_utils.read_documents(paths[0], skipped=skipped, txt_documents="file")
     paragraphs = list(data_utils.read_documents(paths[0], skipped=Counter()))
@@ -166,3 +166,27 @@ def test_a_long_txt_file_is_read_in_sections_so_that_part_of_it_can_be_held_out(
         for name, docs in (("train", train), ("validation", validation)):
             assert stats[f"{name}_documents"] == len(docs) > 0
             assert sum(rows[name]["input_ids"], []) == sum(data_utils.tokenize_documents(docs, tiny_tokenizer), [])
+
+
+def test_a_long_txt_file_is_cut_into_shards_where_its_sections_stay_the_same(tmp_path, tiny_tokenizer,
+                                                                             monkeypatch):
+    """--txt_documents file on a file of many read blocks: the workers read it in shards cut where reading it
+    whole starts a block, so the sections, and the prepared rows, are the same for any number of workers."""
+    monkeypatch.setattr(data_utils, "TEXT_BLOCK_BYTES", 2000)
+    monkeypatch.setattr(data_utils, "BLANK_LINE_SEARCH_BYTES", 500)
+    monkeypatch.setattr(data_utils, "SECTION_CHARS", 700)
+    path = tmp_path / "a.txt"
+    path.write_text("\n\n".join(document(i, words=i % 9 + 2) for i in range(400)) + "\n", encoding="utf-8")
+    whole = list(data_utils.read_documents(str(path), txt_documents="file"))
+    shards = data_utils.data_shards([str(path)], 8, txt_sections=True)
+    assert len(shards) >= 6 and len(whole) > len(shards)
+    assert [d for p, start, end in shards
+            for d in data_utils.read_documents(p, start=start, end=end, txt_documents="file")] == whole
+    rows = []
+    for workers in (1, 3):
+        args = DataArguments(train_file=str(path), data_cache_dir=str(tmp_path / f"c{workers}"),
+                             preprocessing_num_workers=workers, validation_split_percentage=10)
+        prepared, stats = data_utils.prepare_datasets(args, tiny_tokenizer, block_size=16)
+        rows.append((prepared["train"]["input_ids"], prepared["validation"]["input_ids"]))
+        assert stats["train_documents"] + stats["validation_documents"] == len(whole)
+    assert rows[0] == rows[1]
