@@ -15,6 +15,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field, fields
 from typing import Optional
 
@@ -65,7 +66,9 @@ def run_script_process(script, argv):
 NOT_A_RECIPE = {"output_dir", "overwrite_output_dir", "logging_dir", "token", "hub_token", "use_auth_token",
                "push_to_hub_token", "resume_from_checkpoint", "dry_run", "prepare_data_only", "disable_tqdm",
                # set from other flags on this machine (bf16 on a CPU), not chosen
-               "use_cpu", "dataloader_pin_memory", "label_names"}
+               "use_cpu", "dataloader_pin_memory", "label_names",
+               # a run's own name (for --report_to trackio, by default the output folder's and the start time)
+               "run_name"}
 
 
 def recipe_flags(*groups):
@@ -587,6 +590,11 @@ class PretrainTrainingArguments(TrainingArguments):
                 raise UserError("--trainable is empty; name the modules that get LoRA adapters, e.g. q_proj,v_proj")
             if not 0 <= self.lora_dropout < 1:
                 raise UserError(f"--lora_dropout {self.lora_dropout}: must be in [0, 1)")
+            if self.use_rslora and self.peft_path:
+                raise UserError("--use_rslora applies to a new adapter; --peft_path continues one with its own "
+                                "scaling (adapter_config.json); drop one of the two")
+        elif self.use_rslora:
+            raise UserError("--use_rslora applies to LoRA; drop it or --full_finetuning")
         elif self.peft_path:
             raise UserError("--peft_path continues a LoRA adapter; it cannot be combined with --full_finetuning")
         if self.new_embeddings_steps < 0:
@@ -617,8 +625,9 @@ class PretrainTrainingArguments(TrainingArguments):
         super().__post_init__()
         if "trackio" in self.report_to and self.run_name is None:
             # the final evaluation logs after the Trainer has closed its trackio run: under a name it is resumed
-            # rather than a second run started under a random one
-            self.run_name = os.path.basename(os.path.normpath(self.output_dir))
+            # rather than a second run started under a random one; the start time keeps two runs apart
+            folder = os.path.basename(os.path.abspath(self.output_dir)) or "run"
+            self.run_name = f"{folder}-{time.strftime('%Y%m%d-%H%M%S')}"
         self._resolve_schedule()
 
     def _check_init_from_checkpoint(self):

@@ -67,7 +67,8 @@ def run_clm(flags, out):
 
     model_args, data_args, training_args = parse_args(flags)
     tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path)
-    texts = [d for path in list_data_files(data_args.training_paths) for d in read_documents(path)]
+    texts = [d for path in list_data_files(data_args.training_paths)
+             for d in read_documents(path, txt_documents=data_args.txt_documents)]  # the documents ours reads
     raw = datasets.Dataset.from_dict({"text": texts})
     tokenized = raw.map(lambda b: tokenizer(b["text"]), batched=True, remove_columns=["text"])
     block = data_args.block_size

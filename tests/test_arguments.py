@@ -150,7 +150,8 @@ def test_config_file_first_and_flags_override_it(tmp_path, suffix):
     assert model.dtype == "bfloat16" and data.data_cache_dir == str(tmp_path / "c")
 
 
-@pytest.mark.parametrize("case", ["config syntax", "unknown flag", "bad value", "out of range", "use_cache"])
+@pytest.mark.parametrize("case", ["config syntax", "unknown flag", "bad value", "out of range", "use_cache",
+                                  "rslora full", "rslora peft_path"])
 def test_bad_config_and_flags_are_user_errors(tmp_path, user_error, case):
     bad = tmp_path / "bad.yaml"
     bad.write_text("learning_rate: [1, \n")
@@ -160,6 +161,8 @@ def test_bad_config_and_flags_are_user_errors(tmp_path, user_error, case):
         "bad value": (["--learning_rate", "fast"], "invalid float value"),
         "out of range": (["--validation_split_percentage", "150"], "--validation_split_percentage 150"),
         "use_cache": (["--use_cache", "True"], "--use_cache True breaks document masking"),
+        "rslora full": (["--use_rslora", "--full_finetuning"], "--use_rslora applies to LoRA"),
+        "rslora peft_path": (["--use_rslora", "--peft_path", str(tmp_path)], "--use_rslora applies to a new adapter"),
     }[case]
     user_error(parse_args, argv + ["--output_dir", str(tmp_path / "o")], message)
     assert not (tmp_path / "o").exists()

@@ -120,9 +120,10 @@ def test_the_split_rows_equal_split_documents_packed_whatever_the_shards(tmp_pat
             assert stats[f"{name}_documents"] == len(docs) > 0
 
 
-def test_a_txt_file_read_as_one_document_is_never_cut_into_shards(messy_corpus, tmp_path, tiny_tokenizer):
-    """--txt_documents file: a.txt is one document (its bad paragraph left out and counted), whatever the number
-    of workers, which cut .jsonl files but not .txt files."""
+def test_a_txt_file_shorter_than_a_section_is_one_document_whatever_the_workers(messy_corpus, tmp_path,
+                                                                                tiny_tokenizer):
+    """--txt_documents file: a.txt (shorter than a section and a read block) is one document, its bad paragraph
+    left out and counted, whatever the number of workers (which cut b.jsonl)."""
     paths = data_utils.list_data_files([messy_corpus])
     assert [s for s in data_utils.data_shards(paths, 8, txt_sections=True) if s[0] == paths[0]] == [(paths[0], 0, None)]
     skipped = Counter()

@@ -3,6 +3,7 @@ run's weights) and the report written at the end of training; tiny random Llama,
 
 import json
 import os
+import re
 
 import pytest
 from transformers import AutoTokenizer
@@ -179,7 +180,8 @@ def test_tensorboard_shows_every_figure_we_log(tiny_model_dir, corpus_dir, tmp_p
 
 def test_trackio_keeps_every_figure_we_log_offline_in_one_run(tiny_model_dir, corpus_dir, tmp_path, monkeypatch):
     """--report_to trackio with no network: the figures the TensorBoard test reads, read back from trackio's
-    local database, all in one run named after the output folder (the final evaluation included)."""
+    local database, all in one run named after the output folder and the start time (the final evaluation
+    included)."""
     import sqlite3
 
     monkeypatch.setenv("TRACKIO_DIR", str(tmp_path / "trackio"))  # read when trackio is first imported
@@ -194,7 +196,8 @@ def test_trackio_keeps_every_figure_we_log_offline_in_one_run(tiny_model_dir, co
     trackio.finish()  # the final evaluation's logs are written when its resumed run ends: at exit for a user
     with sqlite3.connect(tmp_path / "trackio" / "cpt.db") as db:
         rows = [(name, json.loads(m)) for name, m in db.execute("select run_name, metrics from metrics")]
-    assert {name for name, _ in rows} == {"out"}
+    (name,) = {name for name, _ in rows}
+    assert re.fullmatch(r"out-\d{8}-\d{6}", name)  # the folder's name and the start time
     logged = {k for _, m in rows for k in m}
     for name in ("general", "validation"):
         assert {f"eval/{name}_loss", f"eval/{name}_perplexity", f"eval/{name}_bpb"} <= logged, sorted(logged)
