@@ -375,11 +375,12 @@ def data_shards(paths, pieces, max_bytes=SHARD_BYTES, txt_sections=False):
     shards = []
     for path, size in zip(paths, sizes):
         cuts = [0]
-        if path.endswith(".txt") and txt_sections and size > step:
+        sectioned = txt_sections and path.endswith(".txt")
+        if sectioned and size > step:
             starts = [offset for offset, _ in text_blocks(path)]  # one read of the file, nothing decoded
             cuts += sorted({starts[i] for approx in range(step, size, step)
                             if (i := bisect.bisect_left(starts, approx)) < len(starts)})
-        elif path.endswith((".txt", ".jsonl")) and not (txt_sections and path.endswith(".txt")):
+        elif path.endswith((".txt", ".jsonl")) and not sectioned:
             with open(path, "rb") as f:
                 for approx in range(step, size, step):
                     if approx > cuts[-1] and (cut := document_boundary(f, approx, path.endswith(".txt"))) < size:
@@ -441,7 +442,7 @@ def read_documents(path, text_column=None, keep_linebreaks=True, skipped=None, s
     [start, end) that data_shards chose). skipped: None stops at the first bad record (a UserError naming
     file and line); a Counter skips bad records (and unreadable .json, .csv and .parquet files and
     save_to_disk folders, whole) and counts them. txt_documents: a .txt file's documents are its blank-line
-    paragraphs, or the whole file ("file")."""
+    paragraphs, or its sections ("file": read_text)."""
     if path.endswith(".txt"):
         yield from read_text(path, keep_linebreaks, skipped, start, end, in_sections=txt_documents == "file")
     elif path.endswith(".jsonl"):
