@@ -91,6 +91,24 @@ def recipe_flags(*groups):
     return recipe
 
 
+LOWER_IS_BETTER = ("loss", "perplexity", "bpb")  # the evaluation's metrics, each eval set's name before it
+
+
+def check_best_metric(training_args, eval_sizes):
+    """--metric_for_best_model (transformers' "loss" under --load_best_model_at_end where not given) must name one
+    of the evaluation's metrics: transformers finds out at the first evaluation, after training has begun."""
+    if not (training_args.load_best_model_at_end or training_args.save_strategy == "best"):
+        return
+    metric = training_args.metric_for_best_model
+    name = metric if metric.startswith("eval_") else f"eval_{metric}"
+    known = [f"{prefix}_{kind}" for prefix in eval_sizes for kind in LOWER_IS_BETTER]
+    if not known:
+        raise UserError("--load_best_model_at_end needs held-out data: --eval_files or --validation_split_percentage")
+    if name not in known:
+        raise UserError(f"--metric_for_best_model {metric}: not among this run's evaluation metrics; use one of "
+                        f"{', '.join(known)}")
+
+
 def split_list(value):
     """'a, b,,c' -> ['a', 'b', 'c']; None -> []."""
     return [part.strip() for part in (value or "").split(",") if part.strip()]
@@ -510,6 +528,13 @@ class PretrainTrainingArguments(TrainingArguments):
                   "the training after it, on the run's schedule: they start from a guess, the rest from training, "
                   "so they can move faster (docs/benchmarks.md). Not with --deepspeed. Default: --learning_rate."},
     )
+    embedding_learning_rate: Optional[float] = field(
+        default=None,
+        metadata={"help": "Learning rate of the trained embeddings, input and output (the whole model's under "
+                  "--full_finetuning, the copies --modules_to_save trains under LoRA), on the run's schedule; "
+                  "everything else trains at --learning_rate (unsloth's embedding_learning_rate). Not with "
+                  "--deepspeed. Default: --learning_rate."},
+    )
     debug_mode: bool = field(
         default=False,
         metadata={"help": "Quick check of a setup: read at most 1000 documents and log the first training row "
@@ -604,6 +629,15 @@ class PretrainTrainingArguments(TrainingArguments):
         if self.new_embeddings_learning_rate is not None and self.deepspeed:
             raise UserError("--new_embeddings_learning_rate does not work with --deepspeed (DeepSpeed updates its own "
                             "copy of the weights, not rows of them); drop one of the two")
+        if self.embedding_learning_rate is not None:
+            if self.embedding_learning_rate <= 0:
+                raise UserError(f"--embedding_learning_rate {self.embedding_learning_rate}: must be above 0")
+            if self.deepspeed:
+                raise UserError("--embedding_learning_rate does not work with --deepspeed (the optimizer is "
+                                "DeepSpeed's); drop one of the two")
+            if self.new_embeddings_learning_rate is not None:
+                raise UserError("--embedding_learning_rate and --new_embeddings_learning_rate: give one of the two "
+                                "(the new rows are embedding rows)")
         if self.freeze_modules and not self.full_finetuning:
             raise UserError("--freeze_modules applies to --full_finetuning; with LoRA only --trainable and "
                             "--modules_to_save are trained")
@@ -622,6 +656,10 @@ class PretrainTrainingArguments(TrainingArguments):
             check_output_dir(self.output_dir)
         if self.eval_on_start is None:
             self.eval_on_start = self.eval_strategy not in ("no", IntervalStrategy.NO)
+        if self.greater_is_better is None and (self.metric_for_best_model or "").endswith(LOWER_IS_BETTER):
+            # transformers counts only a "...loss" as lower-is-better: keeping the "best" bits per byte or
+            # perplexity would keep the worst weights
+            self.greater_is_better = False
         super().__post_init__()
         if "trackio" in self.report_to and self.run_name is None:
             # the final evaluation logs after the Trainer has closed its trackio run: under a name it is resumed

@@ -16,7 +16,7 @@ from transformers import set_seed
 
 import plan_utils
 import report_utils
-from arguments import check_hardware, parse_args, recipe_flags, run_script
+from arguments import check_best_metric, check_hardware, parse_args, recipe_flags, run_script
 from attention_utils import flattens_batches, use_attention
 from data_utils import (FlattenedCollator, PackedCollator, StreamingRows, data_stats_line, describe_documents,
                         stream_through, training_datasets)
@@ -24,8 +24,8 @@ from model_utils import (add_lora, check_adapter_fits, check_lora_modules, check
                          init_distributed_for_zero3, load_config, load_model, load_tokenizer, log_trainable,
                          model_vocab_size, resolve_block_size)
 from trainer_utils import (PretrainTrainer, check_resume_data, checkpoint_to_resume, disk_full_as_user_error,
-                           new_rows_learning_rate, resume_streaming_position, start_from_checkpoint, token_throughput,
-                           train_new_embeddings, training_data)
+                           embedding_learning_rate, new_rows_learning_rate, resume_streaming_position,
+                           start_from_checkpoint, token_throughput, train_new_embeddings, training_data)
 
 logger = logging.getLogger("pretrain")
 
@@ -95,6 +95,7 @@ def main(argv=None):
     resume = checkpoint_to_resume(training_args)
     start = time.perf_counter()
     train_dataset, eval_dataset, eval_sizes, stats = training_datasets(data_args, training_args, tokenizer, block_size)
+    check_best_metric(training_args, eval_sizes)
     if data_args.prepare_data_only:
         stats = stats if stats is not None else stream_through(train_dataset)
         if training_args.should_log:
@@ -113,6 +114,7 @@ def main(argv=None):
                               data_collator=data_collator(model_args, tokenizer),
                               train_in_order=bool(data_args.curriculum),
                               new_rows=new_rows_learning_rate(model, num_old, training_args),
+                              embeddings=embedding_learning_rate(model, training_args),
                               training_data=data_record)
     if training_args.do_train:
         result = trainer.train(resume_from_checkpoint=resume)

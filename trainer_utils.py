@@ -43,9 +43,11 @@ class PretrainTrainer(Trainer):
     bits per byte = mean loss x scored tokens / bytes / ln 2, comparable across tokenizers.
     """
 
-    def __init__(self, *args, eval_sizes=None, train_in_order=False, new_rows=None, training_data=None, **kwargs):
+    def __init__(self, *args, eval_sizes=None, train_in_order=False, new_rows=None, embeddings=None, training_data=None,
+                 **kwargs):
         super().__init__(*args, **kwargs)
         self.eval_sizes, self.train_in_order, self.new_rows = eval_sizes or {}, train_in_order, new_rows
+        self.embeddings = embeddings  # (weights, learning rate) for --embedding_learning_rate, or None
         self.training_data, self.rng_checkpoint, self.meter, self._not_training = training_data, None, None, False
 
     def train(self, resume_from_checkpoint=None, **kwargs):
@@ -91,6 +93,8 @@ class PretrainTrainer(Trainer):
         optimizer = super().create_optimizer(model)
         if created and self.new_rows is not None:
             self.new_rows.attach(optimizer)
+        if created and self.embeddings is not None:
+            own_learning_rate(optimizer, *self.embeddings)
         return optimizer
 
     def _save_checkpoint(self, model, trial):
@@ -242,8 +246,7 @@ class NewRowsLearningRate:
     on the optimizer, which holds the weights themselves (not so under DeepSpeed, refused in arguments)."""
 
     def __init__(self, model, num_old, factor):
-        vocab = model.get_input_embeddings().weight.shape[0]
-        self.weights = [p for p in model.parameters() if p.requires_grad and p.dim() == 2 and p.shape[0] == vocab]
+        self.weights = token_row_weights(model)
         self.num_old, self.factor, self.before = num_old, factor, []
 
     def attach(self, optimizer):
@@ -268,6 +271,43 @@ def new_rows_learning_rate(model, num_old, training_args):
     logger.info("New tokens' embedding rows train at learning rate %g, the rest at %g", rate,
                 training_args.learning_rate)
     return NewRowsLearningRate(model, num_old, rate / training_args.learning_rate)
+
+
+def token_row_weights(model):
+    """The trainable weights with a row per token of the vocabulary: the input and output embeddings (one weight
+    where they are tied), or the copies of them that peft trains under --modules_to_save."""
+    vocab = model.get_input_embeddings().weight.shape[0]
+    return [p for p in model.parameters() if p.requires_grad and p.dim() == 2 and p.shape[0] == vocab]
+
+
+def embedding_learning_rate(model, training_args):
+    """(embedding weights, their learning rate) for --embedding_learning_rate, or None where it is not given."""
+    rate = training_args.embedding_learning_rate
+    if rate is None:
+        return None
+    weights = token_row_weights(model)
+    if not weights:
+        raise UserError("--embedding_learning_rate: this run trains no embeddings; with LoRA add --modules_to_save "
+                        "embed_tokens,lm_head, with --full_finetuning take embed_tokens out of --freeze_modules")
+    logger.info("Embeddings (%d weight%s) train at learning rate %g, the rest at %g", len(weights),
+                "s" * (len(weights) > 1), rate, training_args.learning_rate)
+    return weights, rate
+
+
+def own_learning_rate(optimizer, weights, rate):
+    """Moves weights out of the optimizer's parameter groups into groups of their own with the same settings
+    (weight decay, ...) at learning rate `rate`. Called before the scheduler is made, which then scales every
+    group's rate alike; the logged learning rate stays the first group's, the rest of the model's."""
+    ids = {id(w) for w in weights}
+    rest, own = [], []
+    for group in optimizer.param_groups:
+        settings = {k: v for k, v in group.items() if k != "params"}
+        rest.append({**settings, "params": [p for p in group["params"] if id(p) not in ids]})
+        own.append({**settings, "params": [p for p in group["params"] if id(p) in ids], "lr": rate})
+    optimizer.param_groups = []
+    for group in rest + own:
+        if group["params"]:
+            optimizer.add_param_group(group)
 
 
 def last_complete_checkpoint(folder):

@@ -300,6 +300,31 @@ def test_named_eval_sets_log_loss_perplexity_and_bits_per_byte(tiny_model_dir, c
                "--eval_files 'domain': expected name=path")
 
 
+def test_load_best_model_at_end_keeps_the_lowest_bits_per_byte(tiny_model_dir, corpus_dir, tmp_path, user_error):
+    """--load_best_model_at_end --metric_for_best_model domain_bpb keeps the checkpoint of the lowest bits per byte
+    (to transformers only a "...loss" is lower-is-better: it would keep the highest), and saves its weights as
+    the model; a metric the run does not have is a one-line error before training."""
+    out = tmp_path / "best"
+    flags = ["--full_finetuning", "--max_steps", "4", "--learning_rate", "0.05", "--validation_split_percentage", "0",
+             "--eval_files", f"domain={corpus_dir}/c.json", "--eval_strategy", "steps", "--eval_steps", "1",
+             "--save_strategy", "steps", "--save_steps", "1", "--load_best_model_at_end"]
+    trainer = run(tiny_model_dir, corpus_dir, out, *flags, "--metric_for_best_model", "domain_bpb")
+    scores = {}
+    for entry in trainer.state.log_history:  # the first evaluation of each step: the final one repeats the best
+        if "eval_domain_bpb" in entry and entry["step"] > 0:
+            scores.setdefault(entry["step"], entry["eval_domain_bpb"])
+    best = min(scores, key=scores.get)
+    assert sorted(scores) == [1, 2, 3, 4] and len(set(scores.values())) > 1
+    assert trainer.state.best_model_checkpoint == str(out / f"checkpoint-{best}")
+    saved, kept = (load_file(str(folder / "model.safetensors")) for folder in (out, out / f"checkpoint-{best}"))
+    assert saved.keys() == kept.keys()
+    for name in saved:
+        torch.testing.assert_close(saved[name], kept[name], rtol=0, atol=0)
+    user_error(pretrain.main, run_flags(tiny_model_dir, corpus_dir, tmp_path / "bad", *flags, "--metric_for_best_model",
+                                        "eval_loss"),
+               "--metric_for_best_model eval_loss: not among this run's evaluation metrics; use one of eval_domain_loss")
+
+
 def test_freeze_modules_keeps_those_weights_in_full_finetuning(tiny_model_dir, corpus_dir, tmp_path, user_error):
     run(tiny_model_dir, corpus_dir, tmp_path / "frozen", "--full_finetuning", "--freeze_modules", "embed_tokens")
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)

@@ -208,3 +208,46 @@ def test_new_rows_learning_rate_needs_new_rows_and_no_deepspeed(tiny_model_dir, 
         run(tiny_model_dir, extended_dir, data_dir, tmp_path / "y", "--full_finetuning",
             "--new_embeddings_learning_rate", "0.1", "--deepspeed",
             os.path.join(os.path.dirname(pretrain.__file__), "ds_configs", "zero2_no_offload.json"))
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_embeddings_train_at_their_own_learning_rate(tiny_model_dir, data_dir, tmp_path, lora):
+    """One step from the same start: with --embedding_learning_rate 10x the run's, the embeddings (input and output,
+    peft's trained copies under LoRA) move exactly 10x as far and every other weight exactly as far as without it;
+    the schedule scales both rates alike."""
+    mode = ["--modules_to_save", "embed_tokens,lm_head"] if lora else ["--full_finetuning"]
+    plain = run(tiny_model_dir, tiny_model_dir, data_dir, tmp_path / "plain", "--max_steps", "1", *mode)
+    fast = run(tiny_model_dir, tiny_model_dir, data_dir, tmp_path / "fast", "--max_steps", "1", *mode,
+               "--embedding_learning_rate", "0.1")
+    initial = dict(AutoModelForCausalLM.from_pretrained(tiny_model_dir).named_parameters())
+    vocab = initial["model.embed_tokens.weight"].shape[0]
+    seen = {"embeddings": 0, "others": 0}
+    for (name, trained), (_, faster) in zip(plain.model.named_parameters(), fast.model.named_parameters()):
+        if not trained.requires_grad:
+            continue
+        if trained.shape[0] == vocab:  # peft's trained copy is named after its base weight
+            start = initial[name.replace("base_model.model.", "").replace(".modules_to_save.default", "")].detach()
+            assert (trained - start).abs().sum() > 0, name
+            torch.testing.assert_close(faster - start, 10 * (trained - start), rtol=1e-4, atol=1e-7)
+            seen["embeddings"] += 1
+        else:
+            torch.testing.assert_close(faster, trained, rtol=0, atol=0)
+            seen["others"] += 1
+    assert seen["embeddings"] >= 1 and seen["others"] >= 1
+    rates = fast.lr_scheduler.get_last_lr()
+    assert len(rates) >= 2 and max(rates) == pytest.approx(10 * min(rates))
+    assert fast.lr_scheduler.get_last_lr()[0] == plain.lr_scheduler.get_last_lr()[0]
+
+
+def test_embedding_learning_rate_needs_trained_embeddings(tiny_model_dir, data_dir, tmp_path):
+    with pytest.raises(UserError, match="--embedding_learning_rate: this run trains no embeddings; with LoRA add "
+                                        "--modules_to_save embed_tokens,lm_head"):
+        run(tiny_model_dir, tiny_model_dir, data_dir, tmp_path / "x", "--embedding_learning_rate", "0.1")
+    for flags, message in ((["--embedding_learning_rate", "0"], "--embedding_learning_rate 0.0: must be above 0"),
+                           (["--embedding_learning_rate", "0.1", "--new_embeddings_learning_rate", "0.1"],
+                            "give one of the two"),
+                           (["--embedding_learning_rate", "0.1", "--deepspeed", os.path.join(
+                               os.path.dirname(pretrain.__file__), "ds_configs", "zero2_no_offload.json")],
+                            "--embedding_learning_rate does not work with --deepspeed")):
+        with pytest.raises(UserError, match=message):
+            run(tiny_model_dir, tiny_model_dir, data_dir, tmp_path / "y", "--full_finetuning", *flags)
