@@ -71,6 +71,22 @@ ARMS = {
     # the same tokens in twice the steps of half the batch (2 x 256 tokens a step, 120 steps)
     "full_1e-4_replay25_batch2": ("file+replay0.25", FULL + [
         "--learning_rate", "1e-4", "--per_device_train_batch_size", "2", "--max_steps", "120"]),
+    # the same tokens in rows of 512 (2 x 512 a step): the context the held-out text is scored with
+    "full_1e-4_replay25_block512": ("file+replay0.25", FULL + [
+        "--learning_rate", "1e-4", "--block_size", "512", "--per_device_train_batch_size", "2"]),
+    # the embeddings (tied input and output) at a learning rate of their own, above and below the rest's
+    "full_1e-4_replay25_emb3e-4": ("file+replay0.25", FULL + ["--learning_rate", "1e-4",
+                                                               "--embedding_learning_rate", "3e-4"]),
+    "full_1e-4_replay25_emb1e-5": ("file+replay0.25", FULL + ["--learning_rate", "1e-4",
+                                                               "--embedding_learning_rate", "1e-5"]),
+    # cosine to 0 rather than to a 10% floor
+    "full_1e-4_replay25_floor0": ("file+replay0.25", FULL + ["--learning_rate", "1e-4", "--min_lr_ratio", "0"]),
+    # LoRA at a high rank with rsLoRA's scaling (alpha / sqrt(rank)), no dropout, embeddings trained in full
+    "lora_r64_rslora_replay25": ("file+replay0.25", [
+        "--lora_rank", "64", "--lora_alpha", "32", "--use_rslora", "--lora_dropout", "0",
+        "--trainable", "q_proj,v_proj,k_proj,o_proj,gate_proj,down_proj,up_proj",
+        "--modules_to_save", "embed_tokens,lm_head", "--learning_rate", "2e-4", "--lr_scheduler_type", "cosine",
+        "--min_lr_ratio", "0.1", "--warmup_ratio", "0.05", "--weight_decay", "0.0"]),
     # 1000 Vietnamese tokens learned on the training text (bench/vocab_extension.py: rows started towards their
     # first piece, learning at 10x the run's rate)
     "full_1e-4_replay25_vocab1000": ("file+replay0.25+vocab1000", FULL + [
