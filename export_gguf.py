@@ -2,15 +2,16 @@
 checked before it is handed on.
 
     python export_gguf.py --model_dir MERGED --outtype f16,q8_0 --output_dir GGUF_DIR \\
-        [--eval_files name=held_out.jsonl,...] [--base_model BASE] [--overwrite_output_dir]
+        [--eval_files name=held_out.jsonl,...] [--base_model BASE] [--llama_cpp DIR] [--overwrite_output_dir]
 
 --model_dir is a plain model folder: merge_lora.py's output, or pretrain.py's with --full_finetuning (an adapter
 is merged first: merge_lora.py --gguf does both). Each file, model-TYPE.gguf, is read back with transformers'
 GGUF reader and must tokenize the held-out text (and a few fixed strings) exactly as the model's tokenizer does
 and score it within the bits-per-byte tolerance of its type (gguf_utils.BPB_TOLERANCE); otherwise the run stops
-with one line and GGUF_DIR is not written. The model card (README.md) is copied beside the files, with the
-figures in gguf_check.json. llama.cpp's runtime itself is not run. The converter comes from
-`make gguf-converter`.
+with one line and GGUF_DIR is not written. Then llama.cpp itself reads each file, where its tools are built
+(`make llama-cpp`): its tokenizer must split the held-out text as the model's does, and llama-perplexity must
+score it within the same tolerance of the model (gguf_utils). The model card (README.md) is copied beside the
+files, with the figures in gguf_check.json. The converter comes from `make gguf-converter`.
 """
 
 import argparse
@@ -38,6 +39,9 @@ def parse_args(argv):
                         "pretrain.py reads). Default: general=examples/demo/eval/general_heldout.jsonl.")
     parser.add_argument("--base_model", help="The model whose tokenizer --model_dir's extends: only needed when "
                         "llama.cpp's converter does not recognise an extended tokenizer's pre-tokenizer.")
+    parser.add_argument("--llama_cpp", help="Folder of llama.cpp's llama-tokenize and llama-perplexity, which "
+                        "check each file in llama.cpp itself. Default: .cache/llama_cpp where `make llama-cpp` builds "
+                        "them; without them that part of the check is skipped (the report says so).")
     parser.add_argument("--block_size", type=int, help="Tokens the models read a window when scoring. Default: "
                         "the model's context, at most 1024.")
     return parser.parse_args(argv)
@@ -52,10 +56,11 @@ def main(argv=None):
                      ([("--base_model", args.base_model)] if args.base_model else []))
     gguf_utils.check_model_folder(args.model_dir, "--model_dir")
     gguf_utils.converter_script()
+    gguf_utils.llama_cpp_tools(args.llama_cpp)
     eval_texts, _ = read_eval_inputs(eval_files, rules=DataArguments())
     with staged_output_dir(args.output_dir) as folder:  # nothing at --output_dir unless every file passed
         report = gguf_utils.export(args.model_dir, outtypes, folder, eval_texts, args.base_model,
-                                   block_size=args.block_size)
+                                   block_size=args.block_size, llama_cpp=args.llama_cpp)
         card = os.path.join(args.model_dir, "README.md")
         if os.path.isfile(card):
             shutil.copyfile(card, os.path.join(folder, "README.md"))

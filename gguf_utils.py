@@ -8,10 +8,16 @@
   exactly as the model's own tokenizer does, with the same special tokens, and score the held-out text within
   BPB_TOLERANCE of the model's bits per byte. A file that fails is never handed on: it is written and checked in
   a folder of its own and moved beside the others only once it passed.
-- Not checked: llama.cpp's runtime (its tokenizer and kernels); nothing here runs llama.cpp.
+- Then in llama.cpp itself, where `make llama-cpp` built its tools (or --llama_cpp names them): llama-tokenize
+  must split the held-out text and the probe strings as the model's tokenizer does (at least TOKEN_AGREEMENT of
+  the tokens; any difference is logged and reported), and llama-perplexity must score every held-out set within
+  BPB_TOLERANCE of the model's own figure in llama-perplexity's convention (windows of LLAMA_CPP_CONTEXT tokens,
+  the second half of each scored), computed on llama.cpp's tokens. Without the tools this part is skipped, and
+  the report says so.
 """
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -21,6 +27,8 @@ import time
 
 from arguments import UserError, named_paths, split_list
 
+logger = logging.getLogger(__name__)
+
 ROOT = os.path.dirname(os.path.abspath(__file__))
 CONVERTER_DIR = os.path.join(ROOT, ".cache", "llama_cpp_converter")  # `make gguf-converter` puts it there
 CONVERTER_TARGET = "make gguf-converter"
@@ -28,6 +36,15 @@ RUNNER = os.path.join(ROOT, "llama_cpp_convert.py")
 DEFAULT_EVAL_FILES = {"general": os.path.join(ROOT, "examples", "demo", "eval", "general_heldout.jsonl")}
 GGUF_NAME = "model-{outtype}.gguf"
 CHECK_REPORT = "gguf_check.json"
+LLAMA_CPP_DIR = os.path.join(ROOT, ".cache", "llama_cpp")  # `make llama-cpp` builds llama-tokenize, llama-perplexity
+LLAMA_CPP_TARGET = "make llama-cpp"
+LLAMA_CPP_CONTEXT = 512  # llama-perplexity's window; it scores the second half of each
+LLAMA_CPP_WINDOWS = 8  # windows scored per held-out set, at most
+LLAMA_CPP_CHARS = 24_000  # characters of each held-out set read by llama.cpp: 8 windows' worth of English or more
+# Least share of the model's tokens that llama.cpp's tokenizer must reproduce (difflib's matching blocks). llama.cpp
+# 0.3.36 splits some whitespace runs before a digit unlike Hugging Face's tokenizers for SmolLM2 (the base model's
+# own GGUF too): 2 of 3,418 tokens of the demo's general text. A wrong pre-tokenizer differs almost everywhere.
+TOKEN_AGREEMENT = 0.99
 BATCH_SIZE = 1  # windows scored at once: 8 windows of 1024 tokens over a 49k vocabulary make 1.6 GB of logits
 
 # Largest relative difference |bpb(GGUF) / bpb(model) - 1| a file may show on each held-out set. Measured (README,
@@ -120,15 +137,16 @@ def base_tokenizer_dir(base_model, gguf_file, scratch):
     return scratch
 
 
-def convert(model_dir, outtype, outfile, base_tokenizer=None, label=None, name=None):
+def convert(model_dir, outtype, outfile, base_tokenizer=None, label=None, name=None, vocab_only=False):
     """Write model_dir as a GGUF of outtype at outfile with llama.cpp's converter, in a process of its own;
     returns the seconds it took. name: the model's name in the file (general.name; default: the converter's, from
-    the folder's name or model card). A converter failure is a UserError with its last line, naming the model as
-    label (default: model_dir)."""
+    the folder's name or model card); vocab_only: the tokenizer alone. A converter failure is a UserError with its
+    last line, naming the model as label (default: model_dir)."""
     script = converter_script()
     command = [sys.executable, RUNNER, os.path.dirname(script)]
     command += ["--base_tokenizer", base_tokenizer] if base_tokenizer else []
-    command += ["--", "--outtype", outtype, "--outfile", outfile, *(["--model-name", name] if name else []), model_dir]
+    command += ["--", "--outtype", outtype, "--outfile", outfile, *(["--model-name", name] if name else []),
+                *(["--vocab-only"] if vocab_only else []), model_dir]
     env = {k: v for k, v in os.environ.items() if k != "NO_LOCAL_GGUF"}  # its own gguf-py, not the installed one
     env["HF_HUB_OFFLINE"] = "1"  # a local folder: nothing to fetch
     start = time.perf_counter()
@@ -225,44 +243,191 @@ def check_bits_per_byte(reference_bpb, gguf_bpb, outtype, name):
     return differences
 
 
+# --- llama.cpp's runtime -----------------------------------------------------------------------------------------
+
+def llama_cpp_tools(folder=None):
+    """The folder of llama.cpp's llama-tokenize and llama-perplexity: folder when given (a UserError naming
+    --llama_cpp when they are not there), else LLAMA_CPP_DIR once `make llama-cpp` built them, else None."""
+    candidate = folder or LLAMA_CPP_DIR
+    if all(os.access(os.path.join(candidate, p), os.X_OK) for p in ("llama-tokenize", "llama-perplexity")):
+        return candidate
+    if folder:
+        raise UserError(f"--llama_cpp {folder}: no llama-tokenize and llama-perplexity there; build them with: "
+                        f"{LLAMA_CPP_TARGET}")
+    return None
+
+
+def run_llama_cpp(tools, program, args, name):
+    """(stdout, stderr) of one of llama.cpp's tools; a failure is a UserError with its last line."""
+    proc = subprocess.run([os.path.join(tools, program), *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        lines = [line.strip() for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+        raise UserError(f"{name}: llama.cpp's {program} failed (exit code {proc.returncode}): "
+                        f"{lines[-1] if lines else 'no output'}; the file is not written")
+    return proc.stdout, proc.stderr
+
+
+def write_text(path, text):
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        f.write(text)
+    return path
+
+
+def llama_cpp_tokens(tools, gguf_path, text_path, name, parse_special=True):
+    """The ids llama.cpp's tokenizer gives a text file (no BOS); parse_special=False as llama-perplexity reads."""
+    args = ["-m", gguf_path, "-f", text_path, "--ids", "--no-bos", "--no-escape", "--log-disable"]
+    stdout, _ = run_llama_cpp(tools, "llama-tokenize", args + ([] if parse_special else ["--no-parse-special"]), name)
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def gguf_bos(gguf_path):
+    """The BOS id llama.cpp puts before a text (and at the start of each perplexity window), or None."""
+    from gguf import GGUFReader
+
+    fields = GGUFReader(gguf_path).fields
+    adds = fields.get("tokenizer.ggml.add_bos_token")
+    return fields["tokenizer.ggml.bos_token_id"].contents() if adds is not None and adds.contents() else None
+
+
+def window_nll(model, ids, bos, windows):
+    """Mean negative log-likelihood (nats per token) as llama-perplexity computes it: consecutive windows of
+    LLAMA_CPP_CONTEXT tokens, each starting with BOS where the file adds one, the second half of each scored."""
+    import torch
+
+    n, first, total, count = LLAMA_CPP_CONTEXT, LLAMA_CPP_CONTEXT // 2, 0.0, 0
+    with torch.no_grad():
+        for start in range(0, windows * n, n):
+            window = torch.tensor([([bos] if bos is not None else ids[start:start + 1]) + ids[start + 1:start + n]])
+            logits = model(window).logits[0, first:n - 1].float()
+            targets = window[0, first + 1:n]
+            total += torch.nn.functional.cross_entropy(logits, targets, reduction="sum").item()
+            count += len(targets)
+    return total / count
+
+
+def token_agreement(want, got):
+    """Share of want's tokens that got reproduces in order (difflib; seconds for a few thousand tokens that differ
+    throughout), and the index of the first difference."""
+    import difflib
+
+    matched = sum(b.size for b in difflib.SequenceMatcher(None, want, got, autojunk=False).get_matching_blocks())
+    return matched / max(len(want), 1), (None if want == got else first_difference(want, got))
+
+
+def llama_cpp_reference(tools, model_dir, model, tokenizer, eval_texts, scratch, base_tokenizer, label):
+    """llama.cpp's tokenizer checked against the model's (on a vocabulary-only GGUF of model_dir), and the model's
+    own mean negative log-likelihood in llama-perplexity's convention on llama.cpp's tokens of each held-out set:
+    {"tokenization": {...}, "sets": {set: {"text": path, "windows": n, "model_nll": x}}}. Fewer tokens agreeing
+    than TOKEN_AGREEMENT is a UserError; any difference is logged. A set too short for two windows is left out."""
+    vocab = os.path.join(scratch, "vocab.gguf")
+    convert(model_dir, "f16", vocab, base_tokenizer, label, vocab_only=True)
+    bos = gguf_bos(vocab)
+    texts = {set_name: "\n\n".join(docs)[:LLAMA_CPP_CHARS].rstrip("\n") for set_name, docs in eval_texts.items()}
+    texts.update({f"probe string {i + 1}": probe for i, probe in enumerate(TOKENIZATION_PROBES)})
+    matched = total = 0
+    differences = []
+    for what, text in texts.items():
+        want = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+        got = llama_cpp_tokens(tools, vocab, write_text(os.path.join(scratch, "text.txt"), text), label)
+        share, at = token_agreement(want, got)
+        matched, total = matched + share * len(want), total + len(want)
+        if at is not None:
+            differences.append(f"{what} from token {at}: {got[at:at + 3]} where the model's tokenizer has "
+                               f"{want[at:at + 3]} ({tokenizer.decode(want[max(at - 2, 0):at + 3])!r})")
+    tokenization = {"strings": len(texts), "tokens": total, "agreement": matched / total, "differences": differences}
+    if differences:
+        logger.warning("llama.cpp tokenizes %d of %d strings unlike the model's tokenizer (%.3f%% of the tokens "
+                       "agree); first: %s", len(differences), len(texts), 100 * matched / total, differences[0])
+    if matched / total < TOKEN_AGREEMENT:
+        raise UserError(f"{label}: llama.cpp's tokenizer reproduces only {matched / total:.1%} of the model's tokens "
+                        f"(at least {TOKEN_AGREEMENT:.0%} needed): {differences[0]}; no file is written")
+    sets = {}
+    for set_name in eval_texts:
+        path = write_text(os.path.join(scratch, f"{set_name}.txt"), texts[set_name])
+        ids = ([bos] if bos is not None else []) + llama_cpp_tokens(tools, vocab, path, label, parse_special=False)
+        windows = min(len(ids) // LLAMA_CPP_CONTEXT, LLAMA_CPP_WINDOWS)
+        if windows >= 2:  # llama-perplexity's minimum
+            sets[set_name] = {"text": path, "windows": windows, "model_nll": window_nll(model, ids, bos, windows)}
+    return {"tokenization": tokenization, "sets": sets}
+
+
+def check_llama_cpp(tools, gguf_path, reference, outtype, name):
+    """{set: {"perplexity", "model_perplexity", "relative_difference"}} of llama-perplexity on the file against
+    the model (llama_cpp_reference); a UserError when the negative log-likelihoods differ beyond
+    BPB_TOLERANCE[outtype]. Run with --no-repack: llama.cpp's repacked AMX kernels for q8_0 crash on some CPUs
+    (0.3.36), and the weights are then read as the file stores them."""
+    import math
+    import re
+
+    figures = {}
+    for set_name, ref in reference["sets"].items():
+        args = ["-m", gguf_path, "-f", ref["text"], "-c", str(LLAMA_CPP_CONTEXT), "-b", str(LLAMA_CPP_CONTEXT),
+                "--chunks", str(ref["windows"]), "--no-escape", "--no-repack"]
+        stdout, stderr = run_llama_cpp(tools, "llama-perplexity", args, name)
+        found = re.search(r"Final estimate: PPL = ([0-9.]+)", stdout + stderr)
+        if found is None:
+            raise UserError(f"{name}: llama.cpp's llama-perplexity printed no estimate on {set_name}; the file is "
+                            "not written")
+        perplexity = float(found.group(1))
+        difference = math.log(perplexity) / ref["model_nll"] - 1
+        figures[set_name] = {"perplexity": perplexity, "model_perplexity": math.exp(ref["model_nll"]),
+                             "relative_difference": difference}
+        if not abs(difference) <= BPB_TOLERANCE[outtype]:
+            raise UserError(f"{name}: llama.cpp scores {set_name} at perplexity {perplexity:.4f} against the model's "
+                            f"{math.exp(ref['model_nll']):.4f} ({difference:+.2%} in log-likelihood), beyond the "
+                            f"{BPB_TOLERANCE[outtype]:.1%} allowed for {outtype}; the file is not written")
+    return figures
+
+
 def export(model_dir, outtypes, folder, eval_texts, base_model=None, base_gguf_file=None, block_size=None, label=None,
-           name=None):
+           name=None, llama_cpp=None):
     """Write model_dir as one checked GGUF per outtype (GGUF_NAME) into folder, and the figures into CHECK_REPORT;
     returns them. eval_texts: {set name: documents} (eval_utils.read_eval_inputs). base_model (and base_gguf_file):
     the model whose tokenizer model_dir's extends, for the converter's fallback (llama_cpp_convert.py). label: how
     messages and the report name the model (default: model_dir); name: its name inside the files (convert).
+    llama_cpp: the folder of llama.cpp's tools (llama_cpp_tools; default: where `make llama-cpp` puts them, and
+    without them llama.cpp's part of the check is skipped).
 
     Each file is converted and checked in a scratch folder inside folder and moved into folder only once it passed;
     on a failure (a UserError) nothing of it is left there. The caller hands folder on (output_utils.
     staged_output_dir) only when this returns."""
     converter_script()  # before any model loads
-    reference, tokenizer = load_reference(model_dir)
-    with_pad(tokenizer)
-    reference_bpb = bpb_by_set(reference, tokenizer, eval_texts, block_size)
-    del reference
-    report = {"model": label or model_dir, "eval_sets": {n: {"documents": len(t), "bytes": reference_bpb[n]["bytes"],
-                                                        "model_bpb": reference_bpb[n]["bpb"]}
-                                                    for n, t in eval_texts.items()},
-              "tolerance": "relative difference of bits per byte, GGUF against model", "files": {}}
+    tools = llama_cpp_tools(llama_cpp)
+    label = label or model_dir
     scratch = tempfile.mkdtemp(prefix=".gguf-", dir=folder)  # ours: removed below whatever happens
     try:
         base_tokenizer = base_tokenizer_dir(base_model, base_gguf_file, os.path.join(scratch, "base_tokenizer"))
+        reference, tokenizer = load_reference(model_dir)
+        with_pad(tokenizer)
+        reference_bpb = bpb_by_set(reference, tokenizer, eval_texts, block_size)
+        llama = tools and llama_cpp_reference(tools, model_dir, reference, tokenizer, eval_texts, scratch,
+                                              base_tokenizer, label)
+        del reference
+        report = {"model": label, "eval_sets": {n: {"documents": len(t), "bytes": reference_bpb[n]["bytes"],
+                                                   "model_bpb": reference_bpb[n]["bpb"]}
+                                               for n, t in eval_texts.items()},
+                  "tolerance": "relative difference of bits per byte, GGUF against model", "files": {},
+                  "llama_cpp": ({"tokenization": llama["tokenization"], "context": LLAMA_CPP_CONTEXT,
+                                 "tolerance": "relative difference of log-perplexity, llama.cpp against model"}
+                                if llama else f"not run: llama.cpp's tools are not built ({LLAMA_CPP_TARGET})")}
         for outtype in outtypes:
             name = GGUF_NAME.format(outtype=outtype)
             checking = os.path.join(scratch, outtype)
             os.makedirs(checking)
-            seconds = convert(model_dir, outtype, os.path.join(checking, name), base_tokenizer, label, name)
+            path = os.path.join(checking, name)
+            seconds = convert(model_dir, outtype, path, base_tokenizer, label, name)
             model, loaded = load_gguf(checking, name)
             compared = check_tokenization(tokenizer, with_pad(loaded), eval_texts, name)
             gguf_bpb = bpb_by_set(model, loaded, eval_texts, block_size)
             del model
             differences = check_bits_per_byte(reference_bpb, gguf_bpb, outtype, name)
             report["files"][name] = {
-                "outtype": outtype, "bytes": os.path.getsize(os.path.join(checking, name)),
-                "convert_seconds": round(seconds, 1), "tokenization": f"identical on {compared} strings",
-                "bpb": {n: r["bpb"] for n, r in gguf_bpb.items()}, "relative_difference": differences,
-                "allowed": BPB_TOLERANCE[outtype]}
-            os.replace(os.path.join(checking, name), os.path.join(folder, name))
+                "outtype": outtype, "bytes": os.path.getsize(path), "convert_seconds": round(seconds, 1),
+                "tokenization": f"identical on {compared} strings", "bpb": {n: r["bpb"] for n, r in gguf_bpb.items()},
+                "relative_difference": differences, "allowed": BPB_TOLERANCE[outtype]}
+            if llama:
+                report["files"][name]["llama_cpp"] = check_llama_cpp(tools, path, llama, outtype, name)
+            os.replace(path, os.path.join(folder, name))
     finally:
         shutil.rmtree(scratch)
     with open(os.path.join(folder, CHECK_REPORT), "w", encoding="utf-8") as f:
@@ -271,7 +436,8 @@ def export(model_dir, outtypes, folder, eval_texts, base_model=None, base_gguf_f
 
 
 def summary(report):
-    """Lines to print: each file, its bits per byte against the model's, its size and conversion time."""
+    """Lines to print: each file, its bits per byte against the model's, its size and conversion time, and how
+    llama.cpp read it."""
     lines = []
     for name, figures in report["files"].items():
         sets = ", ".join(f"{s} {figures['bpb'][s]:.4f} vs {report['eval_sets'][s]['model_bpb']:.4f} "
@@ -279,4 +445,13 @@ def summary(report):
         lines.append(f"{name}: bits per byte {sets}, allowed {figures['allowed']:.1%}; tokenization "
                      f"{figures['tokenization']}; {figures['bytes'] / 2**20:.1f} MiB, converted in "
                      f"{figures['convert_seconds']} s")
+        if "llama_cpp" in figures:
+            sets = ", ".join(f"{s} {f['perplexity']:.4f} vs {f['model_perplexity']:.4f} "
+                             f"({f['relative_difference']:+.3%})" for s, f in figures["llama_cpp"].items())
+            lines.append(f"  in llama.cpp: perplexity {sets or 'not measured (held-out sets under 2 windows)'}")
+    llama = report["llama_cpp"]
+    lines.append(f"llama.cpp: {llama}" if isinstance(llama, str) else
+                 f"llama.cpp's tokenizer: {llama['tokenization']['agreement']:.3%} of the model's tokens on "
+                 f"{llama['tokenization']['strings']} strings" + "".join(
+                     f"; {d}" for d in llama["tokenization"]["differences"][:3]))
     return lines

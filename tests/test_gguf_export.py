@@ -3,7 +3,9 @@ and each is read back with transformers' GGUF reader and must tokenize held-out 
 within its type's bits-per-byte tolerance; a file that does not is never handed on (one line, exit 2, nothing at
 --output_dir). Tiny random Llamas with SmolLM2's tokenizer (so that the converter knows it) and the offline
 SmolLM2 itself. Conversions run llama.cpp's converter in a process (about 5 s each), so those tests are slow; they
-need `make gguf-converter` (`make test` runs it) and otherwise fail with the one line that names it."""
+need `make gguf-converter` (`make test` runs it) and otherwise fail with the one line that names it. Each exported
+file is also read by llama.cpp itself (llama-tokenize, llama-perplexity), built by `make llama-cpp` (`make test`
+runs it): the tests that convert fail without it."""
 
 import json
 import os
@@ -131,15 +133,23 @@ def export_args(model_dir, output_dir, outtype, eval_file, *extra):
 
 
 def check_report(out, names, eval_set="heldout"):
-    """The figures export_gguf.py wrote, each file within its tolerance; printed for the record."""
+    """The figures export_gguf.py wrote, each file within its tolerance, in transformers and in llama.cpp; printed
+    for the record."""
+    assert gguf_utils.llama_cpp_tools(), f"llama.cpp's tools are not built: {gguf_utils.LLAMA_CPP_TARGET}"
     report = json.loads((out / gguf_utils.CHECK_REPORT).read_text())
     assert sorted(report["files"]) == sorted(names)
+    llama = report["llama_cpp"]
+    assert llama["tokenization"]["agreement"] >= gguf_utils.TOKEN_AGREEMENT, llama
+    print(f"llama.cpp's tokenizer: {llama['tokenization']}")
     for name, figures in report["files"].items():
         difference = figures["relative_difference"][eval_set]
         assert abs(difference) <= gguf_utils.BPB_TOLERANCE[figures["outtype"]], (name, figures)
         assert figures["tokenization"].startswith("identical") and (out / name).is_file()
         print(f"{name}: {report['eval_sets'][eval_set]['model_bpb']:.5f} -> {figures['bpb'][eval_set]:.5f} bpb "
-              f"({difference:+.4%}), converted in {figures['convert_seconds']} s")
+              f"({difference:+.4%}), converted in {figures['convert_seconds']} s; in llama.cpp {figures['llama_cpp']}")
+        assert list(figures["llama_cpp"]) == [eval_set]  # each held-out set is long enough for two windows
+        difference = figures["llama_cpp"][eval_set]["relative_difference"]
+        assert abs(difference) <= gguf_utils.BPB_TOLERANCE[figures["outtype"]], (name, figures)
     return report
 
 
@@ -185,6 +195,26 @@ def test_merge_lora_gguf_eval_files_need_gguf(tiny_model_dir, tiny_adapter_dir, 
     user_error(merge_lora.main, ["--base_model", tiny_model_dir, "--lora_model", tiny_adapter_dir, "--output_dir",
                                  str(tmp_path / "merged"), "--gguf_eval_files", f"general={GENERAL}"],
                r"--gguf_eval_files: the GGUF files are checked on them; give --gguf TYPES too$")
+
+
+def test_a_llama_cpp_folder_without_the_tools_is_one_line_naming_the_make_target(tiny_model_dir, tmp_path, monkeypatch,
+                                                                                 user_error):
+    monkeypatch.setattr(gguf_utils, "load_reference", never("loading the model"))
+    user_error(export_gguf.main, ["--model_dir", tiny_model_dir, "--output_dir", str(tmp_path / "out"), "--llama_cpp",
+                                  str(tmp_path)],
+               r"^error: --llama_cpp \S+: no llama-tokenize and llama-perplexity there; build them with: make "
+               r"llama-cpp$")
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("want, got, agreement, first", [
+    ([1, 2, 3, 4], [1, 2, 3, 4], 1.0, None),
+    ([1, 2, 3, 4], [1, 9, 3, 4], 0.75, 1),  # one token split otherwise
+    ([1, 2, 3, 4], [1, 5, 6, 3, 4], 0.75, 1),  # one token as two others: the rest still lines up
+    ([1, 2, 3, 4], [1, 2, 3], 0.75, 3),
+])
+def test_token_agreement_counts_the_models_tokens_llama_cpp_reproduces(want, got, agreement, first):
+    assert gguf_utils.token_agreement(want, got) == (agreement, first)
 
 
 @pytest.mark.parametrize("outtype, inside, beyond", [("f16", 0.0049, 0.0051), ("bf16", -0.0049, -0.0051),
@@ -287,7 +317,7 @@ def test_an_unknown_pre_tokenizer_fingerprint_takes_the_base_tokenizers_name(smo
 
 # --- conversions: files that fail the check are not handed on -----------------------------------------------------
 
-def split_like_llama3(monkeypatch):
+def split_like_llama3(monkeypatch, scratch):
     """transformers' GGUF reader splitting SmolLM2's text with Llama-3's pre-tokenizer: a GGUF tokenizer that
     differs from the model's."""
     from transformers.integrations.gguf import gguf_tokenizer_mapping as mapping
@@ -295,7 +325,7 @@ def split_like_llama3(monkeypatch):
     monkeypatch.setitem(mapping.GGUF_PRE_TOKENIZER_SPLITS, "smollm", mapping._LLAMA3_SPLIT)
 
 
-def scaled_logits(monkeypatch):
+def scaled_logits(monkeypatch, scratch):
     """The model read back from the GGUF with its final norm 30 times larger: the random model's flat logits (std
     about 0.16) become sharp, and its bits per byte move far off."""
     real = gguf_utils.load_gguf
@@ -308,6 +338,27 @@ def scaled_logits(monkeypatch):
     monkeypatch.setattr(gguf_utils, "load_gguf", load)
 
 
+def llama_cpp_off(monkeypatch, scratch):
+    """llama.cpp scoring the file 3% worse than the model in llama-perplexity's convention (the model's own figure
+    lowered instead): what a file whose weights llama.cpp reads wrongly shows."""
+    real = gguf_utils.window_nll
+    monkeypatch.setattr(gguf_utils, "window_nll", lambda *args: real(*args) / 1.03)
+
+
+def wrong_pre_tokenizer(monkeypatch, scratch):
+    """The converter naming Llama-3's pre-tokenizer in the file (the failure of llama.cpp#9927's kind): llama.cpp
+    then splits SmolLM2's text differently, though transformers' reader of the same file would not be asked."""
+    runner = scratch / "runner.py"
+    runner.write_text(
+        "import os, runpy, sys\n"
+        "sys.path[:0] = [sys.argv[1], os.path.join(sys.argv[1], 'gguf-py')]\n"
+        "import conversion.base\n"
+        "conversion.base.TextModel.get_vocab_base_pre = lambda self, tokenizer: 'llama-bpe'\n"
+        f"sys.argv[0] = {gguf_utils.RUNNER!r}\n"
+        "runpy.run_path(sys.argv[0], run_name='__main__')\n")
+    monkeypatch.setattr(gguf_utils, "RUNNER", str(runner))
+
+
 @pytest.mark.slow  # a conversion each: about 10 s each
 @pytest.mark.parametrize("existing", [False, True])
 @pytest.mark.parametrize("breakage, pattern", [
@@ -315,13 +366,20 @@ def scaled_logits(monkeypatch):
                         r"\d+ on: \[[\d, ]+\] where the model's has \[[\d, ]+\] \(.*\); the file is not written$"),
     (scaled_logits, r"^error: model-f16.gguf: \d+\.\d+ bits per byte on heldout against the model's \d+\.\d+ "
                     r"\([+-]\d+\.\d+%\), beyond the 0.5% allowed for f16; the file is not written$"),
+    (llama_cpp_off, r"^error: model-f16.gguf: llama.cpp scores heldout at perplexity \d+\.\d+ against the model's "
+                    r"\d+\.\d+ \(\+\d\.\d\d% in log-likelihood\), beyond the 0.5% allowed for f16; the file is "
+                    r"not written$"),
+    (wrong_pre_tokenizer, r"^error: \S+tiny_smol\d*: llama.cpp's tokenizer reproduces only \d+\.\d% of the model's "
+                          r"tokens \(at least 99% needed\): heldout from token \d+: \[[\d, ]+\] where the model's "
+                          r"tokenizer has \[[\d, ]+\] \(.*\); no file is written$"),
 ])
 def test_a_file_that_fails_the_check_is_one_line_and_not_handed_on(tiny_smol_dir, eval_file, tmp_path, monkeypatch,
-                                                                   user_error, breakage, pattern, existing):
+                                                                   tmp_path_factory, user_error, breakage, pattern,
+                                                                   existing):
     if existing:
         user_folder(tmp_path / "out")
     before = snapshot(tmp_path)
-    breakage(monkeypatch)
+    breakage(monkeypatch, tmp_path_factory.mktemp("breakage"))  # scratch outside tmp_path
     argv = export_args(tiny_smol_dir, tmp_path / "out", "f16", eval_file, *(["--overwrite_output_dir"] if existing
                                                                              else []))
     print(user_error(export_gguf.main, argv, pattern))
@@ -342,6 +400,17 @@ def test_the_command_line_failure_is_exactly_one_line_with_exit_2(tiny_smol_dir,
     assert re.match(r"error: model-q8_0.gguf: .* bits per byte on heldout .* beyond the 0.0% allowed for q8_0; the "
                     r"file is not written$", result.stderr.strip().splitlines()[-1])
     assert not (tmp_path / "out").exists() and os.listdir(tmp_path) == []
+
+
+@pytest.mark.slow  # a conversion: about 10 s
+def test_without_llama_cpp_the_report_says_that_part_was_not_run(tiny_smol_dir, eval_file, tmp_path, monkeypatch,
+                                                                  capsys):
+    monkeypatch.setattr(gguf_utils, "LLAMA_CPP_DIR", str(tmp_path / "nothing"))
+    export_gguf.main(export_args(tiny_smol_dir, tmp_path / "out", "f16", eval_file))
+    report = json.loads((tmp_path / "out" / gguf_utils.CHECK_REPORT).read_text())
+    assert report["llama_cpp"] == "not run: llama.cpp's tools are not built (make llama-cpp)"
+    assert "llama_cpp" not in report["files"]["model-f16.gguf"]
+    assert "llama.cpp: not run: llama.cpp's tools are not built (make llama-cpp)" in capsys.readouterr().out
 
 
 # --- merge_lora.py --gguf -----------------------------------------------------------------------------------------
@@ -388,6 +457,11 @@ def test_smollm2_f16_and_q8_0_on_the_default_held_out_text(smollm2_dir, tmp_path
     differences = {name: abs(f["relative_difference"]["general"]) for name, f in report["files"].items()}
     # measured (README.md): f16 +0.0005%, q8_0 +0.047%; far inside the tolerances, as the tolerances' comment says
     assert differences["model-f16.gguf"] < 5e-5 and differences["model-q8_0.gguf"] < 2e-3, differences
+    # in llama.cpp (log-perplexity): f16 -0.0002%, q8_0 +0.18%; its tokenizer differs on 2 of 3,418 tokens (a run of
+    # spaces before a digit, as with the base model's own GGUF)
+    in_llama = {name: abs(f["llama_cpp"]["general"]["relative_difference"]) for name, f in report["files"].items()}
+    assert in_llama["model-f16.gguf"] < 1e-4 and in_llama["model-q8_0.gguf"] < 5e-3, in_llama
+    assert report["llama_cpp"]["tokenization"]["agreement"] > 0.998
 
 
 @pytest.mark.slow  # SmolLM2-135M grown by 500 tokens, saved, converted once and scored twice (about 1 min)
