@@ -8,7 +8,8 @@ runs each arm in its own process through bench/train_throughput.py's worker, one
 limit: the run_clm recipe (documents attend across, remainder dropped), pretrain.py by default (torch_varlen on
 a CUDA GPU), with sdpa, flex_attention and torch_varlen chosen, with Liger kernels, LoRA r16 on every linear
 layer with full embed_tokens/lm_head copies, and the seed recipe's shape (LoRA r8, 1 x 512 tokens, accumulation
-8). Prints tokens/s, peak memory, MFU and each arm's ratio to run_clm in one table, and writes results.json.
+8); --arms lora_parts takes LoRA apart instead (dropout, embedding copies, --torch_compile). Prints tokens/s,
+peak memory, MFU and each arm's ratio to run_clm in one table, and writes results.json.
 
 MFU here is 6 x matmul weights x tokens/s against the GPU's dense bf16 peak, the same for every arm (pretrain.py's
 own logs also count the attention of the real document lengths). On a CPU (the tests run a tiny shape) peak
@@ -46,7 +47,18 @@ ARMS = {  # name: (worker recipe, flags replacing or adding to the common ones)
     "seed_shape": ("toolkit", ["--full_finetuning", "false", *LORA_ALL, "--lora_rank", "8",  # the last one counts
                                "--per_device_train_batch_size", "1", "--block_size", "512",
                                "--gradient_accumulation_steps", "8"]),
+    # where LoRA's time goes (not run by default; --arms lora_parts): without its dropout (each adapted layer then
+    # reads its input as it is, where dropout makes a copy of it per layer), without the full embed_tokens/lm_head
+    # copies, without both, and compiled (--torch_compile) against full training compiled
+    "lora_no_dropout": ("toolkit", ["--full_finetuning", "false", *LORA_ALL, "--lora_dropout", "0"]),
+    "lora_no_copies": ("toolkit", ["--full_finetuning", "false", *LORA_ALL, "--modules_to_save", ""]),
+    "lora_bare": ("toolkit", ["--full_finetuning", "false", *LORA_ALL, "--lora_dropout", "0", "--modules_to_save", ""]),
+    "default+compile": ("toolkit", ["--torch_compile"]),
+    "lora+compile": ("toolkit", ["--full_finetuning", "false", *LORA_ALL, "--torch_compile"]),
 }
+DEFAULT_ARMS = ["run_clm", "default", "sdpa", "flex_attention", "torch_varlen", "default+liger", "lora", "seed_shape"]
+GROUPS = {"lora_parts": ["run_clm", "default", "lora", "lora_no_dropout", "lora_no_copies", "lora_bare",
+                         "default+compile", "lora+compile"]}
 
 
 def build_model(shape, tokenizer_dir, out):
@@ -122,12 +134,17 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--block_size", type=int, default=2048)
-    parser.add_argument("--arms", default=",".join(ARMS), help="Comma-separated, from: " + ", ".join(ARMS))
+    parser.add_argument("--arms", default=",".join(DEFAULT_ARMS),
+                        help=f"Comma-separated, from: {', '.join(ARMS)}; or lora_parts ({', '.join(GROUPS['lora_parts'])})")
     parser.add_argument("--arm_timeout", type=int, default=150, help="Seconds an arm may take at most.")
     parser.add_argument("--time_limit", type=int, default=480,
                         help="Seconds for the whole bench; arms that no longer fit are skipped.")
     parser.add_argument("--output_dir", help="Default: a new temporary folder.")
     args = parser.parse_args(argv)
+    args.arms = [arm for name in args.arms.split(",") for arm in GROUPS.get(name, [name])]
+    unknown = [arm for arm in args.arms if arm not in ARMS]
+    if unknown:
+        parser.error(f"--arms: unknown arm {unknown[0]}; one of {', '.join(ARMS)}, or {', '.join(GROUPS)}")
     import torch
 
     import stdlib_corpus
@@ -142,7 +159,7 @@ def main(argv=None):
     device = torch.cuda.get_device_name() if cuda else "CPU"
     peak = (peak_tflops(device, torch.bfloat16) or 0) * 1e12
     results, deadline = {}, time.monotonic() + args.time_limit
-    for name in args.arms.split(","):
+    for name in args.arms:
         left = deadline - time.monotonic()
         results[name] = run_arm(args, name, model_dir, data, work, min(args.arm_timeout, left)) if left > 20 else {
             "error": "skipped: --time_limit reached"}

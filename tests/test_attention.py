@@ -4,6 +4,7 @@ dtype and the head size."""
 
 import json
 import os
+import re
 import types
 
 import pytest
@@ -161,10 +162,30 @@ def test_gpu_throughput_bench_runs_its_arms_on_a_tiny_shape(tiny_tokenizer_dir, 
     sys.path.insert(0, os.path.join(ROOT, "bench"))
     import gpu_throughput
 
-    arms = ["run_clm", "default", "torch_varlen", "lora"]
+    arms = ["run_clm", "default", "torch_varlen", "lora", "lora_bare"]
     results = gpu_throughput.main(["--shape", "tiny", "--tokenizer", tiny_tokenizer_dir, "--steps", "3", "--batch", "2",
                                    "--block_size", "32", "--arms", ",".join(arms), "--output_dir", str(tmp_path)])
     assert list(results) == arms and all(r["tokens_per_s"] > 0 for r in results.values()), results
     table = capsys.readouterr().out
     assert "| run_clm | " in table and "| 1.00x |" in table and "| torch_varlen | " in table
     assert json.loads((tmp_path / "results.json").read_text())["results"] == results
+    # lora_bare is LoRA without its dropout and without the full embedding copies: fewer weights train
+    trainable = {arm: re.findall(r"Trainable parameters: ([\d,]+) of", (tmp_path / arm / "log.txt").read_text())
+                 for arm in ("lora", "lora_bare")}
+    assert len(trainable["lora"]) == len(trainable["lora_bare"]) == 1, trainable
+    assert int(trainable["lora_bare"][0].replace(",", "")) < int(trainable["lora"][0].replace(",", "")), trainable
+
+
+def test_gpu_throughput_bench_arms_and_groups_are_checked_before_anything_runs(capsys):
+    import sys
+
+    from conftest import ROOT
+
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import gpu_throughput
+
+    with pytest.raises(SystemExit):
+        gpu_throughput.main(["--arms", "lora,nope"])
+    assert "--arms: unknown arm nope" in capsys.readouterr().err
+    assert set(gpu_throughput.GROUPS["lora_parts"]) <= set(gpu_throughput.ARMS)
+    assert set(gpu_throughput.DEFAULT_ARMS) <= set(gpu_throughput.ARMS)
