@@ -127,7 +127,7 @@ def main(argv=None):
         trainer.save_metrics("train", result.metrics)
         trainer.save_state()
     if training_args.do_eval:
-        metrics = trainer.evaluate()
+        metrics = trainer.final_evaluation()
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
     if training_args.do_train and trainer.is_world_process_zero():

@@ -66,6 +66,18 @@ class PretrainTrainer(Trainer):
         with self.not_training():
             return super().evaluate(*args, **kwargs)
 
+    def final_evaluation(self):
+        """The figures of the weights training ends with. When its last step evaluated them already (as when
+        --eval_steps divides the steps) they are taken from the log, not computed and logged a second time;
+        otherwise (evaluated earlier, or the best checkpoint's weights loaded instead) a new evaluation."""
+        state = self.state
+        best_loaded = self.args.load_best_model_at_end and state.best_global_step != state.global_step
+        logged = [entry for entry in state.log_history if entry.get("step") == state.global_step
+                  and any(key.startswith("eval_") for key in entry)]
+        if not logged or best_loaded or not state.global_step:
+            return self.evaluate()
+        return {key: value for entry in logged for key, value in entry.items() if key != "step"}
+
     @contextlib.contextmanager
     def not_training(self):
         """Time spent here is left out of tokens/s and MFU, once: evaluate() calls itself for each of several eval

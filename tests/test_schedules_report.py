@@ -190,8 +190,8 @@ def test_trackio_keeps_every_figure_we_log_offline_in_one_run(tiny_model_dir, co
 
     general = tmp_path / "general.txt"
     general.write_text("The quick brown fox jumps over the lazy dog, again.\n", encoding="utf-8")
-    run(tiny_model_dir, corpus_dir, tmp_path / "out", "--max_steps", "2", "--eval_strategy", "steps",
-        "--eval_steps", "2", "--eval_files", f"general={general}", "--report_to", "trackio", "--project", "cpt",
+    run(tiny_model_dir, corpus_dir, tmp_path / "out", "--max_steps", "2", "--eval_strategy", "no", "--do_eval",
+        "--eval_files", f"general={general}", "--report_to", "trackio", "--project", "cpt",
         "--peak_tflops", "1")
     trackio.finish()  # the final evaluation's logs are written when its resumed run ends: at exit for a user
     with sqlite3.connect(tmp_path / "trackio" / "cpt.db") as db:
@@ -202,4 +202,23 @@ def test_trackio_keeps_every_figure_we_log_offline_in_one_run(tiny_model_dir, co
     for name in ("general", "validation"):
         assert {f"eval/{name}_loss", f"eval/{name}_perplexity", f"eval/{name}_bpb"} <= logged, sorted(logged)
     assert {"train/loss", "train/learning_rate", "train/tokens_per_second", "train/mfu"} <= logged, sorted(logged)
-    assert [m["train/global_step"] for _, m in rows if "eval/general_bpb" in m] == [0, 2, 2]  # start, step 2, end
+    assert [m["train/global_step"] for _, m in rows if "eval/general_bpb" in m] == [2]  # at the end, after training
+
+
+@pytest.mark.parametrize("when", [["--eval_steps", "2"], ["--eval_steps", "3"], ["--eval_strategy", "no", "--do_eval"]],
+                         ids=["every_2", "every_3", "only_at_the_end"])
+def test_the_final_evaluation_is_not_a_second_copy_of_the_last_steps(tiny_model_dir, corpus_dir, tmp_path, when):
+    """The Trainer evaluates at its last step (every 2 of 4 steps, and every 3: at step 3 and at the end):
+    eval_results.json carries those figures and nothing is evaluated or logged a second time. With no
+    evaluation while training, the end evaluates."""
+    general = tmp_path / "general.txt"
+    general.write_text("The quick brown fox jumps over the lazy dog, again.\n", encoding="utf-8")
+    out = tmp_path / "out"
+    trainer = run(tiny_model_dir, corpus_dir, out, "--max_steps", "4", "--eval_strategy", "steps",
+                  "--eval_files", f"general={general}", *when)
+    at_the_end = {key: value for entry in trainer.state.log_history if entry["step"] == 4
+                  for key, value in entry.items() if key.startswith("eval_")}
+    logged = [entry["step"] for entry in trainer.state.log_history if "eval_general_bpb" in entry]
+    assert logged.count(4) == 1, trainer.state.log_history
+    saved = json.loads((out / "eval_results.json").read_text())
+    assert {key: saved[key] for key in at_the_end} == at_the_end and "eval_validation_bpb" in at_the_end
