@@ -67,9 +67,10 @@ class PretrainTrainer(Trainer):
             return super().evaluate(*args, **kwargs)
 
     def final_evaluation(self):
-        """The figures of the weights training ends with. When its last step evaluated them already (as when
-        --eval_steps divides the steps) they are taken from the log, not computed and logged a second time;
-        otherwise (evaluated earlier, or the best checkpoint's weights loaded instead) a new evaluation."""
+        """The figures of the weights training ends with. When its last step evaluated them already (the Trainer
+        evaluates at the last step of every run that evaluates in steps or epochs) they are taken from the log,
+        not computed and logged a second time; otherwise (no evaluation while training, or the best
+        checkpoint's weights loaded instead) a new evaluation."""
         state = self.state
         best_loaded = self.args.load_best_model_at_end and state.best_global_step != state.global_step
         logged = [entry for entry in state.log_history if entry.get("step") == state.global_step

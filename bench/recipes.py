@@ -74,6 +74,15 @@ ARMS = {
     # the same tokens in rows of 512 (2 x 512 a step): the context the held-out text is scored with
     "full_1e-4_replay25_block512": ("file+replay0.25", FULL + [
         "--learning_rate", "1e-4", "--block_size", "512", "--per_device_train_batch_size", "2"]),
+    # rows of 512 (the shipped recipe) with no warmup, a longer warmup, and half the rate
+    "full_1e-4_replay25_block512_warmup0": ("file+replay0.25", FULL + [
+        "--learning_rate", "1e-4", "--block_size", "512", "--per_device_train_batch_size", "2",
+        "--warmup_ratio", "0"]),
+    "full_1e-4_replay25_block512_warmup20": ("file+replay0.25", FULL + [
+        "--learning_rate", "1e-4", "--block_size", "512", "--per_device_train_batch_size", "2",
+        "--warmup_ratio", "0.2"]),
+    "full_5e-5_replay25_block512": ("file+replay0.25", FULL + [
+        "--learning_rate", "5e-5", "--block_size", "512", "--per_device_train_batch_size", "2"]),
     # the embeddings (tied input and output) at a learning rate of their own, above and below the rest's
     "full_1e-4_replay25_emb3e-4": ("file+replay0.25", FULL + ["--learning_rate", "1e-4",
                                                                "--embedding_learning_rate", "3e-4"]),
