@@ -162,7 +162,7 @@ def test_gpu_throughput_bench_runs_its_arms_on_a_tiny_shape(tiny_tokenizer_dir, 
     sys.path.insert(0, os.path.join(ROOT, "bench"))
     import gpu_throughput
 
-    arms = ["run_clm", "default", "torch_varlen", "lora", "lora_bare"]
+    arms = ["run_clm", "default", "torch_varlen", "lora", "lora_bare", "lora+compile"]
     results = gpu_throughput.main(["--shape", "tiny", "--tokenizer", tiny_tokenizer_dir, "--steps", "3", "--batch", "2",
                                    "--block_size", "32", "--arms", ",".join(arms), "--output_dir", str(tmp_path)])
     assert list(results) == arms and all(r["tokens_per_s"] > 0 for r in results.values()), results
