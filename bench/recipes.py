@@ -60,6 +60,9 @@ FULL = ["--full_finetuning", "--lr_scheduler_type", "cosine", "--min_lr_ratio", 
 ARMS = {
     "seed_flags": ("paragraphs", SEED_FLAGS),
     "seed_flags_file": ("file", SEED_FLAGS),
+    # the seed recipe's LoRA with alpha apart from rank: r8 at alpha 16 and 64 (the seed: 32), scaling 2 and 8
+    "seed_flags_file_alpha16": ("file", SEED_FLAGS + ["--lora_alpha", "16"]),
+    "seed_flags_file_alpha64": ("file", SEED_FLAGS + ["--lora_alpha", "64"]),
     # the file one document, with the tokenizer's EOS between its paragraphs: paragraphs' EOS without their
     # isolation (seed_flags has both, seed_flags_file neither)
     "seed_flags_file_eos": ("file+eos", SEED_FLAGS),
