@@ -68,8 +68,8 @@ class PretrainTrainer(Trainer):
 
     def final_evaluation(self):
         """The figures of the weights training ends with. When its last step evaluated them already (the Trainer
-        evaluates at the last step of every run that evaluates in steps or epochs) they are taken from the log,
-        not computed and logged a second time; otherwise (no evaluation while training, or the best
+        evaluates at the last step of every run that evaluates in steps, and at an epoch's end) they are taken
+        from the log, not computed and logged a second time; otherwise (not evaluated there, or the best
         checkpoint's weights loaded instead) a new evaluation."""
         state = self.state
         best_loaded = self.args.load_best_model_at_end and state.best_global_step != state.global_step
