@@ -75,7 +75,7 @@ class PretrainTrainer(Trainer):
         best_loaded = self.args.load_best_model_at_end and state.best_global_step != state.global_step
         logged = [entry for entry in state.log_history if entry.get("step") == state.global_step
                   and any(key.startswith("eval_") for key in entry)]
-        if not logged or best_loaded or not state.global_step:
+        if not logged or best_loaded:
             return self.evaluate()
         return {key: value for entry in logged for key, value in entry.items() if key != "step"}
 
