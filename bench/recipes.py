@@ -10,8 +10,10 @@ out, each scored as running text (the whole slice one stream, rolling 512-token 
 
 - vi_guide: the guide's last ~40 KB (a held-out slice of the training source); vi_guide_docs: the same text
   per document, each paragraph scored alone (the convention that favours training on paragraphs);
-- vi_man: the first ~46 KB (whole pages) of Vietnamese man pages (another source, other authors: text nothing
-  was tuned on);
+- vi_man: the first ~46 KB (whole pages) of Vietnamese man pages (another source, other authors; the arms
+  below were chosen on it, so it is no longer text nothing was tuned on);
+- vi_lo: the first ~40 KB (whole pages) of the Vietnamese how-to guides of LibreOffice Writer's help (another
+  project's documentation, other translators: text no setting was chosen on, scored once the arms were chosen);
 - en: the first ~40 KB of the English Python documentation (what the base model knew).
 
 Every arm trains --max_steps steps of 4 x 256 tokens (61,440 tokens at 60 steps), seed 0, one process; then
@@ -23,9 +25,10 @@ its output is scored in a process of its own, as evaluate_lm.py scores (eval_uti
   into blocks. HF Trainer and peft, nothing of ours but the evaluation.
 - every other arm: pretrain.py with the flags in ARMS (see there), run as a user runs it.
 
-Prints one table (bits per byte before and after, change, tokens/s, target bits per byte as a ratio to
-seed_run_clm's) and writes results.json; each arm's figures are kept in its folder, so an arm already run is
-not run again unless --rerun names it.
+Prints one table (bits per byte before and after, change, tokens/s, each target's bits per byte as a ratio to
+seed_run_clm's) and writes results.json; each arm's model and figures are kept in its folder, so an arm already
+trained with the same settings is not trained again unless --rerun names it, and only the held-out sets it has
+no figure for are scored.
 """
 
 import argparse
@@ -44,7 +47,7 @@ from data_utils import split_text_documents, write_jsonl  # noqa: E402
 
 CORPORA = os.path.join(ROOT, "examples", "corpora")  # committed real text (see its README)
 HELDOUT_BYTES = 40_000
-TARGET = "vi_man"  # the new language's text that no setting was tuned on
+TARGETS = ("vi_man", "vi_lo")  # the new language's text from other sources (vi_lo: nothing chosen on it)
 
 SEED_FLAGS = ["--lora_rank", "8", "--lora_alpha", "32", "--lora_dropout", "0.05",
               "--trainable", "q_proj,v_proj,k_proj,o_proj,gate_proj,down_proj,up_proj",
@@ -56,7 +59,8 @@ FULL = ["--full_finetuning", "--lr_scheduler_type", "cosine", "--min_lr_ratio", 
 # (each blank-line paragraph a document) or file (the whole file one document), "+replayS": English replay (the
 # standard library's docstrings, a document each) as S of the tokens (--mix); "+vocabN": the tokenizer extended
 # by N tokens learned on the training text (extend_tokenizer.py); "+eos": the guide's paragraphs joined by the
-# tokenizer's EOS (as text: the tokenizer reads it as the one token).
+# tokenizer's EOS (as text: the tokenizer reads it as the one token); "+bos": each paragraph led by the
+# tokenizer's BOS.
 ARMS = {
     "seed_flags": ("paragraphs", SEED_FLAGS),
     "seed_flags_file": ("file", SEED_FLAGS),
@@ -66,6 +70,10 @@ ARMS = {
     # the file one document, with the tokenizer's EOS between its paragraphs: paragraphs' EOS without their
     # isolation (seed_flags has both, seed_flags_file neither)
     "seed_flags_file_eos": ("file+eos", SEED_FLAGS),
+    # paragraphs as documents (EOS and isolation, as seed_flags) but each led by a BOS, so that its first token is
+    # scored (predicted from the BOS): the unscored first token apart from the missing context. --min_doc_chars:
+    # the default 10 plus the 12 characters of SmolLM2's BOS (<|im_start|>), so that the same paragraphs are kept
+    "seed_flags_bos": ("paragraphs+bos", SEED_FLAGS + ["--min_doc_chars", "22"]),
     # the shipped recipe (its block size and batch give way to the bench's, as every arm's)
     "ours": ("file+replay0.25", [os.path.join(ROOT, "examples", "language_adaptation.yaml")]),
     "full_1e-4_replay25": ("file+replay0.25", FULL + ["--learning_rate", "1e-4"]),
@@ -86,6 +94,18 @@ ARMS = {
         "--warmup_ratio", "0.2"]),
     "full_5e-5_replay25_block512": ("file+replay0.25", FULL + [
         "--learning_rate", "5e-5", "--block_size", "512", "--per_device_train_batch_size", "2"]),
+    # the shipped recipe's rows of 512 with: twice the steps of one row each (the same tokens); twice the rate;
+    # Adam's second moment over ~20 steps rather than ~1000 (beta2 0.95, as large pretraining runs use); no replay
+    # (every token Vietnamese)
+    "full_1e-4_replay25_block512_batch1": ("file+replay0.25", FULL + [
+        "--learning_rate", "1e-4", "--block_size", "512", "--per_device_train_batch_size", "1", "--max_steps", "120"]),
+    "full_2e-4_replay25_block512": ("file+replay0.25", FULL + [
+        "--learning_rate", "2e-4", "--block_size", "512", "--per_device_train_batch_size", "2"]),
+    "full_1e-4_replay25_block512_beta2": ("file+replay0.25", FULL + [
+        "--learning_rate", "1e-4", "--block_size", "512", "--per_device_train_batch_size", "2",
+        "--adam_beta2", "0.95"]),
+    "full_1e-4_block512": ("file", FULL + [
+        "--learning_rate", "1e-4", "--block_size", "512", "--per_device_train_batch_size", "2"]),
     # the embeddings (tied input and output) at a learning rate of their own, above and below the rest's
     "full_1e-4_replay25_emb3e-4": ("file+replay0.25", FULL + ["--learning_rate", "1e-4",
                                                                "--embedding_learning_rate", "3e-4"]),
@@ -132,35 +152,44 @@ def stdlib_docstrings():
     return json.loads(proc.stdout)
 
 
+def first_pages(name):
+    """The first whole pages (records' "text") of a committed .jsonl corpus, HELDOUT_BYTES or a little more, as
+    one running text."""
+    pages, size = [], 0
+    with open(os.path.join(CORPORA, name), encoding="utf-8") as f:
+        for line in f:
+            if size >= HELDOUT_BYTES:
+                break
+            pages.append(json.loads(line)["text"].strip())
+            size += len(pages[-1].encode("utf-8"))
+    return "\n\n".join(pages)
+
+
 def prepare_data(data_dir):
     """{name: path} of the training, replay and held-out files (module docstring)."""
     with open(os.path.join(CORPORA, "maint-guide-vi.txt"), encoding="utf-8") as f:
         guide = f.read()
     with open(os.path.join(CORPORA, "pydocs-en.txt"), encoding="utf-8") as f:
         pydocs = f.read()
-    with open(os.path.join(CORPORA, "manpages-vi.jsonl"), encoding="utf-8") as f:
-        pages = [json.loads(line)["text"].strip() for line in f]
     encoded = guide.encode("utf-8")
     cut = cut_at_blank_line(guide, len(encoded[:len(encoded) - HELDOUT_BYTES].decode("utf-8", errors="ignore")))
     guide_train, guide_heldout = guide[:cut], guide[cut:]
     en_cut = cut_at_blank_line(pydocs, HELDOUT_BYTES)
-    man, size = [], 0
-    while size < HELDOUT_BYTES:
-        man.append(pages[len(man)])
-        size += len(man[-1].encode("utf-8"))
     eval_dir = os.path.join(data_dir, "eval")
     os.makedirs(eval_dir, exist_ok=True)
     files = {"train": write_text(os.path.join(data_dir, "vi", "maint-guide-vi.txt"), guide_train),
              "replay": write_jsonl(os.path.join(data_dir, "en", "stdlib-docstrings.jsonl"), stdlib_docstrings())}
     for name, texts in (("vi_guide", [guide_heldout.strip()]), ("vi_guide_docs", split_text_documents(guide_heldout)),
-                        ("vi_man", ["\n\n".join(man)]), ("en", [pydocs[:en_cut].strip()])):
+                        ("vi_man", [first_pages("manpages-vi.jsonl")]),
+                        ("vi_lo", [first_pages("libreoffice-help-vi.jsonl")]),
+                        ("en", [pydocs[:en_cut].strip()])):
         files[name] = write_jsonl(os.path.join(eval_dir, f"{name}.jsonl"), texts)
     return files
 
 
 # Running text for every held-out set; per document (a paragraph each) for the guide, the convention training
 # on paragraph documents favours. Each set costs ~2 minutes a model on 2 CPU cores, as much as 15 training steps.
-EVAL_SETS = ("vi_guide", "vi_guide_docs", "vi_man", "en")
+EVAL_SETS = ("vi_guide", "vi_guide_docs", "vi_man", "vi_lo", "en")
 
 
 # --- arms ---------------------------------------------------------------------------------------------------------
@@ -218,24 +247,34 @@ def extended_tokenizer(args, files, new_tokens):
     return folder
 
 
-def eos_joined(args, path):
-    """A copy of the .txt at path with the tokenizer's EOS, instead of a blank line, between its paragraphs."""
+def marked(args, path, mark):
+    """A copy of the .txt at path with the tokenizer's EOS between its paragraphs instead of a blank line (mark
+    "eos"), or with its BOS before each paragraph (mark "bos")."""
     from transformers import AutoTokenizer
 
     with open(path, encoding="utf-8") as f:
         paragraphs = split_text_documents(f.read())
-    eos = AutoTokenizer.from_pretrained(args.model).eos_token
-    return write_text(os.path.join(args.output_dir, "data", "vi_eos", os.path.basename(path)), eos.join(paragraphs))
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    text = (tokenizer.eos_token.join(paragraphs) if mark == "eos"
+            else "\n\n".join(tokenizer.bos_token + p for p in paragraphs))
+    return write_text(os.path.join(args.output_dir, "data", f"vi_{mark}", os.path.basename(path)), text)
+
+
+def data_options(data):
+    """An arm's training data (ARMS) as (documents, {option: value}): "file+replay0.25" -> ("file", {"replay":
+    "0.25"})."""
+    documents, *options = data.split("+")
+    return documents, dict(re.fullmatch(r"([a-z]+)([\d.]*)", o).groups() for o in options)
 
 
 def run_pretrain(name, args, out, files):
     data, flags = ARMS[name]
-    data, _, new_tokens = data.partition("+vocab")
-    if new_tokens:
-        flags = [*flags, "--tokenizer_name_or_path", extended_tokenizer(args, files, int(new_tokens))]
-    data, eos, _ = data.partition("+eos")
-    documents, _, replay = data.partition("+replay")
-    vi = files["train"] if not eos else eos_joined(args, files["train"])
+    documents, option = data_options(data)
+    if "vocab" in option:
+        flags = [*flags, "--tokenizer_name_or_path", extended_tokenizer(args, files, int(option["vocab"]))]
+    mark = next((m for m in ("eos", "bos") if m in option), None)
+    vi = marked(args, files["train"], mark) if mark else files["train"]
+    replay = option.get("replay")
     train = ["--mix", f"vi={vi}:{1 - float(replay)},en={files['replay']}:{replay}"] if replay else ["--train_files", vi]
     config = flags[:1] if flags and flags[0].endswith(".yaml") else []
     run_script_process("pretrain.py", [
@@ -248,16 +287,17 @@ def run_pretrain(name, args, out, files):
         *flags[len(config):]])  # last: an arm's own batch or steps win over the bench's
 
 
-def evaluate(args, files, out):
-    """{set: bits per byte} of the base model (out None) or of an arm's adapter or full model at out, scored by
-    eval_utils as evaluate_lm.py scores (rolling 512-token windows, every token of every document)."""
+def evaluate(args, files, out, sets):
+    """{set: bits per byte} of the held-out sets named for the base model (out None) or an arm's adapter or full
+    model at out, scored by eval_utils as evaluate_lm.py scores (rolling 512-token windows, every token of every
+    document)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from eval_utils import evaluate_model, read_eval_inputs
     from model_utils import adapter_model
 
-    texts, _ = read_eval_inputs({s: files[s] for s in EVAL_SETS})
+    texts, _ = read_eval_inputs({s: files[s] for s in sets})
     if out is not None and os.path.isfile(os.path.join(out, "adapter_config.json")):
         model, tokenizer = adapter_model(args.model, out)
     else:
@@ -275,30 +315,37 @@ def worker(args):
     if args.worker == "train":
         run_clm_seed(args, out, files)
     else:
-        figures = evaluate(args, files, None if args.worker_arm == "base" else out)
-        with open(os.path.join(out, "eval.json"), "w") as f:
+        figures = evaluate(args, files, None if args.worker_arm == "base" else out, args.worker_sets.split(","))
+        with open(os.path.join(out, "scores.json"), "w") as f:
             json.dump(figures, f, indent=1)
 
 
-def in_own_process(args, what, arm):
+def in_own_process(args, what, arm, sets=()):
     os.makedirs(os.path.join(args.output_dir, arm), exist_ok=True)
     subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", what, "--worker_arm", arm,
+                    "--worker_sets", ",".join(sets),
                     "--model", args.model, "--max_steps", str(args.max_steps), "--batch", str(args.batch),
                     "--block_size", str(args.block_size), "--output_dir", args.output_dir], check=True)
 
 
+def trained(out):
+    return any(os.path.isfile(os.path.join(out, f)) for f in ("model.safetensors", "adapter_model.safetensors"))
+
+
 def run_arm(args, arm, files):
-    """{"bpb": {set: figure}, "tokens_per_s"} of an arm (base: the model untrained), run unless its figures from
-    the same settings are there already."""
+    """{"bpb": {set: figure}, "tokens_per_s"} of an arm (base: the model untrained). Trained unless its model from
+    the same settings is there already; scored on the held-out sets it has no figure for (from the same file)."""
     out = os.path.join(args.output_dir, arm)
     done = os.path.join(out, "eval.json")
-    settings = {"model": args.model, "data": {s: files[s] for s in EVAL_SETS}}
+    settings = {"model": args.model}
     if arm != "base":
         settings.update(steps=args.max_steps, batch=args.batch, block_size=args.block_size, arm=ARMS.get(arm))
     settings = json.loads(json.dumps(settings))  # as read back from eval.json (tuples become lists)
     kept = json.load(open(done)) if os.path.isfile(done) else {}
-    if kept.get("settings") == settings and arm not in args.rerun:
-        print(f"{arm}: figures of an earlier run with the same settings kept ({done})", file=sys.stderr)
+    kept_data = kept.get("data", kept.get("settings", {}).pop("data", {}))  # earlier: the sets within the settings
+    if kept.get("settings") == settings and arm not in args.rerun and (arm == "base" or trained(out)):
+        print(f"{arm}: model and figures of an earlier run with the same settings kept ({done})", file=sys.stderr)
+        bpb = {s: v for s, v in kept["bpb"].items() if kept_data.get(s) == files[s]}
     else:
         if os.path.exists(done):
             os.remove(done)
@@ -306,11 +353,15 @@ def run_arm(args, arm, files):
             in_own_process(args, "train", arm)
         elif arm != "base":
             run_pretrain(arm, args, out, files)
-        in_own_process(args, "eval", arm)
-        kept = {"settings": settings, "bpb": json.load(open(done))}
+        bpb = {}
+    missing = [s for s in EVAL_SETS if s not in bpb]
+    if missing:
+        in_own_process(args, "eval", arm, missing)
+        bpb.update(json.load(open(os.path.join(out, "scores.json"))))
+        kept = {"settings": settings, "data": {s: files[s] for s in EVAL_SETS}, "bpb": bpb}
         with open(done, "w") as f:
             json.dump(kept, f, indent=1)
-    result = {"bpb": kept["bpb"]}
+    result = {"bpb": {s: bpb[s] for s in EVAL_SETS}}
     if arm != "base":
         result["tokens_per_s"] = json.load(open(os.path.join(out, "train_results.json")))["train_tokens_per_second"]
     return result
@@ -318,14 +369,15 @@ def run_arm(args, arm, files):
 
 def table(results, seed="seed_run_clm"):
     base = results["base"]["bpb"]
-    lines = ["| arm | " + " | ".join(EVAL_SETS) + " | tokens/s | vi_man vs seed |",
-             "| --- |" + " ---: |" * (len(EVAL_SETS) + 2)]
+    lines = ["| arm | " + " | ".join(EVAL_SETS) + " | tokens/s | " + " | ".join(f"{t} vs seed" for t in TARGETS)
+             + " |", "| --- |" + " ---: |" * (len(EVAL_SETS) + 1 + len(TARGETS))]
     for arm, r in results.items():
         cells = [f"{r['bpb'][s]:.4f}" + ("" if arm == "base" else f" ({r['bpb'][s] / base[s] - 1:+.1%})")
                  for s in EVAL_SETS]
         speed = f"{r['tokens_per_s']:.0f}" if "tokens_per_s" in r else "-"
-        ratio = f"{r['bpb'][TARGET] / results[seed]['bpb'][TARGET]:.3f}" if seed in results and arm != "base" else "-"
-        lines.append(f"| {arm} | " + " | ".join(cells) + f" | {speed} | {ratio} |")
+        ratios = [f"{r['bpb'][t] / results[seed]['bpb'][t]:.3f}" if seed in results and arm != "base" else "-"
+                  for t in TARGETS]
+        lines.append(f"| {arm} | " + " | ".join(cells) + f" | {speed} | " + " | ".join(ratios) + " |")
     return "\n".join(lines)
 
 
@@ -341,6 +393,7 @@ def main(argv=None):
     parser.add_argument("--output_dir", default=os.path.join(ROOT, "outputs", "bench_recipes"))
     parser.add_argument("--worker", choices=["train", "eval"], help=argparse.SUPPRESS)
     parser.add_argument("--worker_arm", help=argparse.SUPPRESS)
+    parser.add_argument("--worker_sets", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         return worker(args)
