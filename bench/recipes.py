@@ -123,6 +123,12 @@ ARMS = {
     # first piece, learning at 10x the run's rate)
     "full_1e-4_replay25_vocab1000": ("file+replay0.25+vocab1000", FULL + [
         "--learning_rate", "1e-4", "--new_token_first_piece_weight", "0.7", "--new_embeddings_learning_rate", "1e-3"]),
+    # the same 1000 tokens with the shipped recipe's rows of 512, the new rows at 30x the run's rate (3e-3, the
+    # rate vocab_extension.py found best in absolute terms): each token of the extended vocabulary carries about
+    # twice the Vietnamese text, so the same tokens read more of the guide once the rows have learned
+    "full_1e-4_replay25_block512_vocab1000_rows3e-3": ("file+replay0.25+vocab1000", FULL + [
+        "--learning_rate", "1e-4", "--block_size", "512", "--per_device_train_batch_size", "2",
+        "--new_token_first_piece_weight", "0.7", "--new_embeddings_learning_rate", "3e-3"]),
 }
 
 
