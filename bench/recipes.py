@@ -280,17 +280,23 @@ def run_pretrain(name, args, out, files):
         flags = [*flags, "--tokenizer_name_or_path", extended_tokenizer(args, files, int(option["vocab"]))]
     mark = next((m for m in ("eos", "bos") if m in option), None)
     vi = marked(args, files["train"], mark) if mark else files["train"]
-    replay = option.get("replay")
-    train = ["--mix", f"vi={vi}:{1 - float(replay)},en={files['replay']}:{replay}"] if replay else ["--train_files", vi]
+    run_script_process("pretrain.py", pretrain_argv(args, out, flags, documents, vi, files["replay"],
+                                                    option.get("replay")))
+
+
+def pretrain_argv(args, out, flags, documents, vi, replay_file, replay=None):
+    """pretrain.py's command line for an arm's flags: the Vietnamese text vi read as `documents`, with replay_file
+    as the given share of the tokens when replay is set."""
+    train = ["--mix", f"vi={vi}:{1 - float(replay)},en={replay_file}:{replay}"] if replay else ["--train_files", vi]
     config = flags[:1] if flags and flags[0].endswith(".yaml") else []
-    run_script_process("pretrain.py", [
+    return [
         *config, "--model_name_or_path", args.model, *train, "--txt_documents", documents,
         "--validation_split_percentage", "0", "--do_train", "--max_steps", str(args.max_steps),
         "--per_device_train_batch_size", str(args.batch), "--gradient_accumulation_steps", "1",
         "--block_size", str(args.block_size), "--output_dir", out, "--overwrite_output_dir",
         "--data_cache_dir", os.path.join(args.output_dir, "cache"), "--eval_strategy", "no",
         "--save_strategy", "no", "--report_to", "none", "--logging_steps", "10", "--seed", "0",
-        *flags[len(config):]])  # last: an arm's own batch or steps win over the bench's
+        *flags[len(config):]]  # last: an arm's own batch or steps win over the bench's
 
 
 def evaluate(args, files, out, sets):

@@ -67,6 +67,30 @@ def test_recipes_bench_arms_read_their_data_and_mark_paragraphs_with_the_tokeniz
         assert f.read() == "Một đoạn.</s>Hai</s>Ba đoạn văn."
 
 
+def test_every_arms_command_line_is_one_pretrain_py_accepts(tmp_path):
+    """An arm whose flags pretrain.py refuses (a typo, a clash with the bench's own flags) would fail only after
+    the base model's scoring; every arm's command line goes through pretrain.py's parser here instead."""
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import recipes
+    from arguments import UserError, parse_args
+
+    vi, replay_file = tmp_path / "guide.txt", tmp_path / "replay.jsonl"
+    vi.write_text("Một đoạn văn.\n", encoding="utf-8")
+    replay_file.write_text('{"text": "A docstring."}\n', encoding="utf-8")
+    args = argparse.Namespace(model=str(tmp_path / "model"), max_steps=60, batch=4, block_size=256,
+                              output_dir=str(tmp_path / "bench"))
+    for arm, (data, flags) in recipes.ARMS.items():
+        documents, option = recipes.data_options(data)
+        argv = recipes.pretrain_argv(args, str(tmp_path / arm), flags, documents, str(vi), str(replay_file),
+                                     option.get("replay"))
+        try:
+            _, data_args, training_args = parse_args(argv)
+        except UserError as e:
+            pytest.fail(f"{arm}: {e}")
+        assert training_args.max_steps == int(dict(zip(argv, argv[1:])).get("--max_steps", 60)), arm
+        assert (data_args.mix is not None) == ("replay" in option), arm
+
+
 def test_the_libreoffice_help_extraction_keeps_each_pages_vietnamese_paragraphs_once(tmp_path):
     """examples/corpora/libreoffice_help_vi.py, which made the bench's third Vietnamese source, on two small
     pages like the help's: the main text only, English paragraphs and repeats left out."""
