@@ -707,10 +707,19 @@ class PretrainTrainingArguments(TrainingArguments):
             self.lr_scheduler_kwargs.setdefault("min_lr_rate", floor)
 
 
+def cpu_computes_bf16():
+    """Whether this CPU has bfloat16 instructions (AVX512-BF16 or AMX). Without them torch emulates bfloat16, and
+    autocast to it trains several times slower than float32 (docs/benchmarks.md)."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
 def check_hardware(model_args, training_args):
     """What the run needs of this machine, checked where training starts and not when the flags are parsed, so
     that --dry_run plans a GPU run on a machine without one (a login node)."""
     cuda = torch.cuda.is_available()
+    if training_args.bf16 and training_args.use_cpu and not cpu_computes_bf16():
+        logger.warning("--bf16 on a CPU without bfloat16 instructions (AVX512-BF16 or AMX): torch emulates them "
+                       "and trains several times slower than in float32; drop --bf16 on this machine")
     if training_args.fp16 and not cuda:
         raise UserError("--fp16 needs a CUDA GPU and there is none here; use --bf16 (bfloat16 mixed precision) "
                         "or drop it to train in fp32")

@@ -134,6 +134,20 @@ def test_bf16_without_a_gpu_trains_with_bf16_autocast_on_the_cpu(tmp_path):
     assert not parse_args(["--output_dir", str(tmp_path)])[2].use_cpu
 
 
+@pytest.mark.skipif(torch.accelerator.is_available(), reason="for machines without a GPU")
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_on_a_cpu_that_emulates_it_says_to_drop_it(tmp_path, monkeypatch, caplog, native):
+    monkeypatch.setattr(arguments, "cpu_computes_bf16", lambda: native)
+    model_args, _, training_args = parse_args(["--output_dir", str(tmp_path), "--bf16"])
+    float32 = parse_args(["--output_dir", str(tmp_path)])[2]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="arguments"):
+        arguments.check_hardware(model_args, training_args)
+        arguments.check_hardware(model_args, float32)
+    assert ("drop --bf16 on this machine" in caplog.text) is not native
+    assert len(caplog.records) == (0 if native else 1)
+
+
 @pytest.mark.parametrize("suffix", [".yaml", ".json"])
 def test_config_file_first_and_flags_override_it(tmp_path, suffix):
     config = {"output_dir": str(tmp_path / "o"), "learning_rate": 1e-4, "lora_rank": 16, "do_train": True,

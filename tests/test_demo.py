@@ -78,6 +78,14 @@ def test_before_after_bars_are_red_where_a_figure_got_worse(tmp_path):
     assert has_red({"x_bpb": 1.0}, {"x_bpb": 1.1}) and not has_red({"x_bpb": 1.1}, {"x_bpb": 1.0})
 
 
+@pytest.mark.parametrize("gpu,native", [(False, False), (False, True), (True, False)])
+def test_demo_trains_in_float32_only_on_a_cpu_that_emulates_bf16(monkeypatch, gpu, native):
+    import run_demo
+    monkeypatch.setattr(run_demo.torch.accelerator, "is_available", lambda: gpu)
+    monkeypatch.setattr(run_demo, "cpu_computes_bf16", lambda: native)
+    assert run_demo.precision_flags() == ([] if gpu or native else ["--bf16", "false"])
+
+
 @pytest.mark.slow
 def test_demo_run_moves_every_figure_the_right_way(smollm2_dir, tmp_path):
     """The demo, shortened to 80 steps: probes up, domain bits per byte down, general bits per byte about even."""

@@ -359,19 +359,22 @@ def wrong_pre_tokenizer(monkeypatch, scratch):
     monkeypatch.setattr(gguf_utils, "RUNNER", str(runner))
 
 
-@pytest.mark.slow  # a conversion each: about 10 s each
-@pytest.mark.parametrize("existing", [False, True])
-@pytest.mark.parametrize("breakage, pattern", [
+# Each breakage fails a different check (tokenization as transformers reads the file, bits per byte, llama.cpp's
+# score, llama.cpp's tokenization); two of them over a user's folder given with --overwrite_output_dir, which must
+# stay as it was.
+@pytest.mark.slow  # a conversion each: about 10 s each (a minute on a slower CPU)
+@pytest.mark.parametrize("breakage, pattern, existing", [
     (split_like_llama3, r"^error: model-f16.gguf: tokenizes \w+ document \d+ unlike the model's tokenizer, from token "
-                        r"\d+ on: \[[\d, ]+\] where the model's has \[[\d, ]+\] \(.*\); the file is not written$"),
+                        r"\d+ on: \[[\d, ]+\] where the model's has \[[\d, ]+\] \(.*\); the file is not written$",
+     False),
     (scaled_logits, r"^error: model-f16.gguf: \d+\.\d+ bits per byte on heldout against the model's \d+\.\d+ "
-                    r"\([+-]\d+\.\d+%\), beyond the 0.5% allowed for f16; the file is not written$"),
+                    r"\([+-]\d+\.\d+%\), beyond the 0.5% allowed for f16; the file is not written$", True),
     (llama_cpp_off, r"^error: model-f16.gguf: llama.cpp scores heldout at perplexity \d+\.\d+ against the model's "
                     r"\d+\.\d+ \(\+\d\.\d\d% in log-likelihood\), beyond the 0.5% allowed for f16; the file is "
-                    r"not written$"),
+                    r"not written$", False),
     (wrong_pre_tokenizer, r"^error: \S+tiny_smol\d*: llama.cpp's tokenizer reproduces only \d+\.\d% of the model's "
                           r"tokens \(at least 99% needed\): heldout from token \d+: \[[\d, ]+\] where the model's "
-                          r"tokenizer has \[[\d, ]+\] \(.*\); no file is written$"),
+                          r"tokenizer has \[[\d, ]+\] \(.*\); no file is written$", True),
 ])
 def test_a_file_that_fails_the_check_is_one_line_and_not_handed_on(tiny_smol_dir, eval_file, tmp_path, monkeypatch,
                                                                    tmp_path_factory, user_error, breakage, pattern,

@@ -18,10 +18,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, ROOT)
 
+import torch  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 import report_utils  # noqa: E402
-from arguments import run_script, run_script_process  # noqa: E402
+from arguments import cpu_computes_bf16, run_script, run_script_process  # noqa: E402
 from eval_utils import evaluate_model, flat_figures, read_eval_inputs  # noqa: E402
 
 # Training sources and their token shares: the English fact documents (5,500 tokens) are cycled about 3.6
@@ -43,6 +44,16 @@ def evaluate(model, tokenizer, inputs):
     report = evaluate_model(model, tokenizer, *inputs, PROMPTS, block_size=256)
     return {**flat_figures(report), "completions": report["completions"],
             "probe_results": {name: probes["results"] for name, probes in report["probes"].items()}}
+
+
+def precision_flags():
+    """new_facts.yaml trains under bf16 autocast, on a GPU or on a CPU with bfloat16 instructions; a CPU without
+    them emulates bfloat16 several times slower than float32 (docs/benchmarks.md), so the demo trains in float32
+    there. Flags given to the demo come after these and override them."""
+    if torch.accelerator.is_available() or cpu_computes_bf16():
+        return []
+    print("This CPU has no bfloat16 instructions (AVX512-BF16 or AMX): training in float32 (--bf16 false)")
+    return ["--bf16", "false"]
 
 
 def print_table(before, after):
@@ -72,7 +83,8 @@ def main(argv=None):
                                        "--eval_files", ",".join(f"{k}={os.path.join(HERE, v)}"
                                                                 for k, v in EVAL_FILES.items()),
                                        "--data_cache_dir", os.path.join(ROOT, ".cache", "prepared"),
-                                       "--output_dir", model_dir, "--overwrite_output_dir", *train_flags])
+                                       "--output_dir", model_dir, "--overwrite_output_dir", *precision_flags(),
+                                       *train_flags])
     after = evaluate(AutoModelForCausalLM.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir), inputs)
 
     plots = [report_utils.plot_training(report_utils.read_log_history(model_dir), os.path.join(out, "training.png"),
