@@ -6,8 +6,10 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import report_utils
+from arguments import cpu_computes_bf16
 from conftest import ROOT, coloured_pixels
 
 DEMO = os.path.join(ROOT, "examples", "demo")
@@ -95,6 +97,9 @@ def test_demo_run_moves_every_figure_the_right_way(smollm2_dir, tmp_path):
                            str(tmp_path / "cache")], capture_output=True, text=True, cwd=tmp_path, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1] == str(out)
+    # bf16 as new_facts.yaml asks where it is fast, float32 on a CPU that emulates bfloat16 (9x slower there)
+    emulated = not torch.accelerator.is_available() and not cpu_computes_bf16()
+    assert ("training in float32 (--bf16 false)" in proc.stdout) is emulated
     report = json.loads((out / "report.json").read_text())
     before, after = report["before"], report["after"]
     assert after["probes_seen_acc"] > before["probes_seen_acc"] + 0.05
